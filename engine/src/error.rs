@@ -1,0 +1,173 @@
+//! The one public error type.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::format::DecodeError;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, with the fields tools need to report it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What the engine was doing.
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The file system is full. Nothing from the failed append was acknowledged.
+    #[error("storage full while {op} {}", path.display())]
+    StorageFull {
+        /// What the engine was doing.
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+    },
+    /// Another handle (in this or another process) owns the store directory.
+    #[error("store {} is locked by another handle", dir.display())]
+    Locked {
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// On-disk data failed validation in a way recovery may not repair by itself.
+    #[error("corruption in {} at offset {offset}: {kind}", file.display())]
+    Corrupt {
+        /// The file holding the bad bytes.
+        file: PathBuf,
+        /// Byte offset in that file.
+        offset: u64,
+        /// What is wrong.
+        kind: CorruptionKind,
+    },
+    /// Segments are missing: the sequence numbers in `[from, to)` have no segment.
+    #[error("missing segment(s): seqs {from}..{to} are not covered by any segment file")]
+    MissingSegments {
+        /// First missing seq.
+        from: u64,
+        /// One past the last missing seq.
+        to: u64,
+    },
+    /// An earlier write or fsync failed; the log accepts no more writes until reopened.
+    #[error("log is poisoned by an earlier failure: {first_failure}")]
+    Poisoned {
+        /// The first failure, which made the page cache untrustworthy.
+        first_failure: Arc<Error>,
+    },
+    /// A record's payload is larger than the configured maximum.
+    #[error("record of {len} bytes exceeds the maximum of {max}")]
+    RecordTooLarge {
+        /// The payload length.
+        len: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// A batch does not fit in one segment, or has too many records.
+    #[error("batch of {records} records / {bytes} bytes exceeds the limit of {max_records} / {max_bytes}")]
+    BatchTooLarge {
+        /// Records in the batch.
+        records: u64,
+        /// Encoded bytes of the batch.
+        bytes: u64,
+        /// Record limit.
+        max_records: u64,
+        /// Byte limit (the segment's capacity).
+        max_bytes: u64,
+    },
+    /// An append with no records.
+    #[error("empty batch")]
+    EmptyBatch,
+    /// A read of a seq that is not (or not yet durably) in the log.
+    #[error("seq {seq} is beyond the readable head {head}")]
+    SeqOutOfRange {
+        /// The seq asked for.
+        seq: u64,
+        /// One past the last readable seq.
+        head: u64,
+    },
+    /// Options that cannot work together.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// The log was closed.
+    #[error("log is closed")]
+    Closed,
+}
+
+/// What is wrong with corrupt bytes (see format-spec.md §7 for the recovery decisions).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// The bytes did not decode.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// A segment's header carries another store's log id.
+    #[error("segment belongs to another store")]
+    ForeignSegment,
+    /// A frame carries another store's log tag.
+    #[error("frame belongs to another store")]
+    ForeignFrame,
+    /// A frame's recorded position is not where it was found.
+    #[error("frame recorded for offset {recorded} found elsewhere")]
+    MisplacedFrame {
+        /// The offset the frame says it was written at.
+        recorded: u64,
+    },
+    /// A segment's header disagrees with its file name.
+    #[error("segment header base {header} does not match its file name base {name}")]
+    SegmentNameMismatch {
+        /// Base seq in the header.
+        header: u64,
+        /// Base seq in the file name.
+        name: u64,
+    },
+    /// A record or frame seq does not follow its predecessor.
+    #[error("expected seq {expected}, found {found}")]
+    SeqMismatch {
+        /// The seq the position implies.
+        expected: u64,
+        /// The seq found.
+        found: u64,
+    },
+    /// A bad frame is followed by data that was durable before it: acknowledged data is
+    /// damaged and must not be truncated silently.
+    #[error("bad frame followed by durable data at offset {valid_at}: {cause}")]
+    MidLog {
+        /// Offset of the later valid frame proving the damage is not a torn tail.
+        valid_at: u64,
+        /// Why the frame at the reported offset is bad.
+        cause: Box<CorruptionKind>,
+    },
+    /// A sealed (non-last) segment has no valid seal frame and its records do not end where
+    /// the next segment begins.
+    #[error("sealed segment is incomplete: records end at seq {end}, next segment starts at {next}")]
+    IncompleteSegment {
+        /// One past the last valid record.
+        end: u64,
+        /// The next segment's base.
+        next: u64,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error, mapping "no space" to [`Error::StorageFull`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::StorageFull || source.kind() == io::ErrorKind::QuotaExceeded {
+            return Error::StorageFull { op, path };
+        }
+        Error::Io { op, path, source: Arc::new(source) }
+    }
+
+    /// A corruption error at `file`/`offset`.
+    pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, kind: impl Into<CorruptionKind>) -> Self {
+        Error::Corrupt { file: file.into(), offset, kind: kind.into() }
+    }
+}

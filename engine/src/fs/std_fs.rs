@@ -1,0 +1,148 @@
+//! The real file system, through `std::fs` and `rustix`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::{LockGuard, OpenMode, Preallocation, Storage, StorageFile};
+
+/// The real file system. New files get mode 0600 and new directories 0700 (before umask).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(File);
+
+#[derive(Debug)]
+struct FileLock(#[allow(dead_code)] File);
+
+impl LockGuard for FileLock {}
+
+impl StorageFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn preallocate(&self, len: u64) -> io::Result<Preallocation> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        match fallocate(&self.0, FallocateFlags::empty(), 0, len) {
+            Ok(()) => Ok(Preallocation::Allocated),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                if self.len()? < len {
+                    self.0.set_len(len)?;
+                }
+                Ok(Preallocation::Sparse)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn map(&self) -> io::Result<Option<memmap2::Mmap>> {
+        if self.len()? == 0 {
+            return Ok(None);
+        }
+        // SAFETY: the engine maps only sealed segments. A sealed segment is never written or
+        // truncated again while the store is open: the store holds the directory's exclusive
+        // LOCK, and the only code that modifies sealed segments (repair) takes that lock
+        // first. Another process ignoring the lock could still truncate the file and make
+        // reads fault; that is outside the engine's contract (format-spec.md §9).
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&self.0)? };
+        Ok(Some(map))
+    }
+}
+
+impl Storage for StdFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
+        let mut o = OpenOptions::new();
+        o.read(true);
+        match mode {
+            OpenMode::Read => {}
+            OpenMode::ReadWrite => {
+                o.write(true);
+            }
+            OpenMode::CreateNew => {
+                o.write(true).create_new(true).mode(0o600);
+            }
+        }
+        // Never follow a symlink planted at a name the engine owns.
+        o.custom_flags(libc_o_nofollow());
+        Ok(Box::new(StdFile(o.open(path)?)))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            // Names that are not UTF-8 cannot be the engine's own; report them lossily so
+            // that callers can flag them as foreign.
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc_o_nofollow())
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        // The pid is for people reading the file; the kernel's flock is the lock.
+        file.set_len(0)?;
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(Some(Box::new(FileLock(file))))
+    }
+}
+
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}

@@ -1,0 +1,16 @@
+//! annal: an embedded event store for event-sourced applications.
+//!
+//! The core is a segmented, CRC-checked write-ahead log ([`Log`]) with group commit. Every
+//! other structure is derived from it. The on-disk format is specified in `format-spec.md`
+//! at the repository root; [`format`] implements it as pure functions.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
+pub mod format;
+pub mod fs;
+pub mod limits;
+mod names;
+
+pub use error::{CorruptionKind, Error, Result};
