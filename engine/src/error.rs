@@ -145,6 +145,12 @@ pub enum CorruptionKind {
         /// Why the frame at the reported offset is bad.
         cause: Box<CorruptionKind>,
     },
+    /// The last segment is sealed, so a segment after it was created and is now missing.
+    #[error("the last segment is sealed: the segment starting at seq {next_seq} is missing")]
+    SealedTail {
+        /// The seq the missing segment starts at.
+        next_seq: u64,
+    },
     /// A sealed (non-last) segment has no valid seal frame and its records do not end where
     /// the next segment begins.
     #[error("sealed segment is incomplete: records end at seq {end}, next segment starts at {next}")]

@@ -14,3 +14,13 @@ pub mod limits;
 mod names;
 
 pub use error::{CorruptionKind, Error, Result};
+mod commit;
+mod index;
+mod log;
+mod options;
+mod segment;
+mod stats;
+
+pub use log::{Appended, Cursor, Log, Record, RecoveryReport, TruncatedTail};
+pub use options::{Durability, Options};
+pub use stats::StatsSnapshot;

@@ -267,6 +267,83 @@ pub fn encode_batch<P: AsRef<[u8]>>(
     out.resize(start + frame.total_bytes() as usize, 0);
 }
 
+/// A batch encoded by the appending thread before it knows its seqs or position: records,
+/// lengths and payload checksums are done, and [`PreparedBatch::finalize`] fills in the
+/// position-dependent fields. This moves the byte copying and most of the CRC work out of
+/// the group-commit leader and onto the appenders, which run in parallel.
+#[derive(Debug, Clone)]
+pub struct PreparedBatch {
+    buf: Vec<u8>,
+    payload_crcs: Vec<(u32, u32)>,
+}
+
+impl PreparedBatch {
+    /// Encodes `payloads` (non-empty, each within the limits the caller checked).
+    pub fn new<P: AsRef<[u8]>>(payloads: &[P]) -> Self {
+        assert!(!payloads.is_empty() && payloads.len() <= BATCH_RECORDS_MAX as usize);
+        let total = batch_frame_bytes(payloads.iter().map(|p| p.as_ref().len()));
+        let mut buf = Vec::with_capacity(total as usize);
+        buf.resize(FRAME_HEADER_BYTES, 0);
+        let mut payload_crcs = Vec::with_capacity(payloads.len());
+        for p in payloads {
+            let p = p.as_ref();
+            let len = u32::try_from(p.len()).expect("payload checked against RECORD_BODY_BYTES_MAX");
+            let mut h = [0u8; RECORD_HEADER_BYTES];
+            LE::write_u32(&mut h[REC_OFF_LEN..REC_OFF_SEQ], len);
+            buf.extend_from_slice(&h);
+            buf.extend_from_slice(p);
+            payload_crcs.push((len, crc32(p)));
+        }
+        buf.resize(total as usize, 0);
+        PreparedBatch { buf, payload_crcs }
+    }
+
+    /// Records in the batch.
+    pub fn count(&self) -> u32 {
+        self.payload_crcs.len() as u32
+    }
+
+    /// Bytes of the whole frame, padding included.
+    pub fn frame_bytes(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// Fills in the seqs, position, durability watermark and log tag, and returns the frame
+    /// bytes, ready to be written at `file_offset`.
+    pub fn finalize(&mut self, first_seq: u64, file_offset: u64, synced_through: u64, log_tag: u64) -> &[u8] {
+        let body_bytes: u64 = self
+            .payload_crcs
+            .iter()
+            .map(|&(len, _)| RECORD_HEADER_BYTES as u64 + u64::from(len))
+            .sum();
+        let frame = Frame {
+            kind: FrameKind::Batch,
+            body_bytes: body_bytes as u32,
+            count: self.count(),
+            seq: first_seq,
+            file_offset,
+            synced_through,
+            log_tag,
+        };
+        self.buf[..FRAME_HEADER_BYTES].copy_from_slice(&frame.encode_header());
+        let mut pos = FRAME_HEADER_BYTES;
+        for (i, &(len, payload_crc)) in self.payload_crcs.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            let mut fields = [0u8; RECORD_HEADER_BYTES - 4];
+            LE::write_u32(&mut fields[..4], len);
+            LE::write_u64(&mut fields[4..], seq);
+            let mut h = crc32fast::Hasher::new();
+            h.update(&fields);
+            h.combine(&crc32fast::Hasher::new_with_initial_len(payload_crc, u64::from(len)));
+            let rec = &mut self.buf[pos..pos + RECORD_HEADER_BYTES];
+            LE::write_u32(&mut rec[REC_OFF_CRC..REC_OFF_LEN], h.finalize());
+            LE::write_u64(&mut rec[REC_OFF_SEQ..], seq);
+            pos += RECORD_HEADER_BYTES + len as usize;
+        }
+        &self.buf
+    }
+}
+
 /// Encodes a seal or close frame: `count` records in the segment, `next_seq` the next seq.
 pub fn encode_marker_frame(
     kind: FrameKind,
@@ -314,6 +391,20 @@ mod tests {
             assert_eq!(got, *p);
             pos += RECORD_HEADER_BYTES + h.payload_bytes as usize;
         }
+    }
+
+    #[test]
+    fn prepared_batch_matches_direct_encoding() {
+        let payloads: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8; i * 7]).collect();
+        let mut direct = Vec::new();
+        encode_batch(&mut direct, 1000, 4096, 512, 0x55, &payloads);
+        let mut prepared = PreparedBatch::new(&payloads);
+        assert_eq!(prepared.frame_bytes(), direct.len() as u64);
+        assert_eq!(prepared.finalize(1000, 4096, 512, 0x55), &direct[..]);
+        // Finalizing again at another position rewrites every position-dependent field.
+        let mut again = Vec::new();
+        encode_batch(&mut again, 7, 64, 64, 0x55, &payloads);
+        assert_eq!(prepared.finalize(7, 64, 64, 0x55), &again[..]);
     }
 
     #[test]

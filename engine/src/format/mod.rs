@@ -10,7 +10,7 @@ mod index_file;
 mod segment_header;
 
 pub use frame::{
-    Frame, FrameKind, RecordHeader, align_up, batch_frame_bytes, decode_frame_header,
+    Frame, FrameKind, PreparedBatch, RecordHeader, align_up, batch_frame_bytes, decode_frame_header,
     decode_record_header, encode_batch, encode_marker_frame, log_tag, record_crc,
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};

@@ -1,0 +1,407 @@
+//! Group commit: the queue of pending appends, one write and one fdatasync per group, the
+//! durability policies, segment rolls, clean close, and poisoning after a failed write or
+//! fsync (ARCHITECTURE.md layer `commit`).
+//!
+//! The shape is leader/follower (as raft-engine's write barrier): an appender enqueues its
+//! prepared batch; if no leader is active it becomes the leader, takes the whole queue,
+//! writes it with one `write` and covers it with one `fdatasync`, hands every member its
+//! result, and steps down; appenders that arrived meanwhile form the next group. At most one
+//! group is unsynced at any time under `Durability::Sync`, which is what lets recovery tell a
+//! torn tail from damage to acknowledged data (format-spec.md §7).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TryRecvError, bounded};
+
+use crate::error::{Error, Result};
+use crate::format::{FrameKind, IndexHeader, PreparedBatch, encode_marker_frame};
+use crate::index;
+use crate::limits::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::log::{Appended, Inner, Sealed, Segment};
+use crate::options::Durability;
+use crate::segment;
+
+/// The writer's position; only the current leader touches it.
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    pub active: Arc<Segment>,
+    /// Offset where the next frame goes in the active segment.
+    pub write_pos: u64,
+    /// Every byte of the active segment before this offset is durable.
+    pub synced_pos: u64,
+    /// The seq the next record gets.
+    pub next_seq: u64,
+    buf: Vec<u8>,
+}
+
+impl WriterState {
+    pub(crate) fn new(active: Arc<Segment>, write_pos: u64, next_seq: u64) -> Self {
+        WriterState { active, write_pos, synced_pos: write_pos, next_seq, buf: Vec::new() }
+    }
+}
+
+struct Pending {
+    batch: PreparedBatch,
+    tx: Sender<Result<Appended>>,
+}
+
+/// The queue and leadership flag.
+#[derive(Default)]
+pub(crate) struct CommitState {
+    queue: Vec<Pending>,
+    leader: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for CommitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitState")
+            .field("queued", &self.queue.len())
+            .field("leader", &self.leader)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+/// Group-commit machinery of one log.
+#[derive(Debug)]
+pub(crate) struct Committer {
+    state: Mutex<CommitState>,
+    cond: Condvar,
+    writer: Mutex<WriterState>,
+    /// One past the last seq written (durable or not).
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl Committer {
+    pub(crate) fn new(writer: WriterState) -> Self {
+        let written = std::sync::atomic::AtomicU64::new(writer.next_seq);
+        Committer { state: Mutex::default(), cond: Condvar::new(), writer: Mutex::new(writer), written }
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Steps down from leadership when dropped, also if the leader panicked (then the log is
+/// poisoned: the leader may have written bytes nobody will ever acknowledge or sync).
+struct LeaderGuard<'a>(&'a Inner);
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison(Error::Io {
+                op: "group commit",
+                path: self.0.seg_dir.clone(),
+                source: Arc::new(std::io::Error::other("the group-commit leader panicked")),
+            });
+        }
+        let c = &self.0.committer;
+        c.lock_state().leader = false;
+        c.cond.notify_all();
+    }
+}
+
+impl Inner {
+    /// Records the first failure and returns the error for the batch that hit it.
+    pub(crate) fn poison(&self, e: Error) -> Error {
+        let _ = self.poison.set(Arc::new(e.clone()));
+        e
+    }
+
+    fn poisoned(&self) -> Option<Error> {
+        self.poison.get().map(|first| Error::Poisoned { first_failure: Arc::clone(first) })
+    }
+
+    /// Enqueues a prepared batch and returns once it is as durable as the policy promises.
+    pub(crate) fn append_prepared(&self, batch: PreparedBatch) -> Result<Appended> {
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
+        let (tx, rx) = bounded(1);
+        let mut st = self.committer.lock_state();
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        st.queue.push(Pending { batch, tx });
+        loop {
+            match rx.try_recv() {
+                Ok(result) => return result,
+                Err(TryRecvError::Disconnected) => {
+                    return Err(self.poisoned().unwrap_or(Error::Closed));
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if !st.leader {
+                st.leader = true;
+                let group = std::mem::take(&mut st.queue);
+                drop(st);
+                let guard = LeaderGuard(self);
+                self.lead(group, false);
+                drop(guard);
+                st = self.committer.lock_state();
+                continue;
+            }
+            st = self.committer.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Forces an fsync of everything written so far.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let mut st = self.committer.lock_state();
+        while st.leader {
+            st = self.committer.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.leader = true;
+        let group = std::mem::take(&mut st.queue);
+        drop(st);
+        let guard = LeaderGuard(self);
+        self.lead(group, true);
+        drop(guard);
+        match self.poisoned() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether bytes were written that are not yet durable.
+    pub(crate) fn has_unsynced(&self) -> bool {
+        self.committer.written.load(Ordering::Acquire) > self.durable.load(Ordering::Acquire)
+    }
+
+    /// Writes one group (the leader's job). Every member's sender gets exactly one result.
+    fn lead(&self, group: Vec<Pending>, force_sync: bool) {
+        let mut ws = self.committer.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = self.poisoned() {
+            for p in group {
+                let _ = p.tx.send(Err(e.clone()));
+            }
+            return;
+        }
+        let mut done: Vec<(Sender<Result<Appended>>, Appended)> = Vec::with_capacity(group.len());
+        let limit = self.opts.segment_bytes - FRAME_HEADER_BYTES as u64;
+        let mut items = group.into_iter();
+        while let Some(mut p) = items.next() {
+            let end = ws.write_pos + ws.buf.len() as u64 + p.batch.frame_bytes();
+            if end > limit {
+                let rolled = self.flush(&mut ws, true).and_then(|()| self.roll(&mut ws));
+                if let Err(e) = rolled {
+                    // Batches written before the roll are intact when the error did not
+                    // poison (a full disk at segment creation); otherwise nobody is acked.
+                    let ok = self.poison.get().is_none();
+                    for (tx, a) in done.drain(..) {
+                        let _ = tx.send(if ok { Ok(a) } else { Err(e.clone()) });
+                    }
+                    let _ = p.tx.send(Err(e.clone()));
+                    for rest in items {
+                        let _ = rest.tx.send(Err(e.clone()));
+                    }
+                    self.publish(&ws);
+                    return;
+                }
+            }
+            let off = ws.write_pos + ws.buf.len() as u64;
+            let first = ws.next_seq;
+            let count = p.batch.count();
+            let bytes = p.batch.finalize(first, off, ws.synced_pos, self.log_tag);
+            ws.buf.extend_from_slice(bytes);
+            ws.active
+                .index
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .note_batch(first, off, self.opts.index_interval_bytes);
+            ws.next_seq += u64::from(count);
+            done.push((p.tx, Appended { first, count }));
+        }
+        let sync = force_sync
+            || match self.opts.durability {
+                Durability::Sync => true,
+                Durability::Batched { max_bytes, .. } => {
+                    ws.write_pos + ws.buf.len() as u64 - ws.synced_pos >= max_bytes
+                }
+                Durability::None => false,
+            };
+        let result = self.flush(&mut ws, sync);
+        self.publish(&ws);
+        for (tx, a) in done {
+            let _ = tx.send(match &result {
+                Ok(()) => {
+                    self.stats.appends.fetch_add(1, Ordering::Relaxed);
+                    self.stats.records.fetch_add(u64::from(a.count), Ordering::Relaxed);
+                    Ok(a)
+                }
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+
+    /// Writes the buffered frames with one write, then fsyncs if `sync`. Any failure
+    /// poisons the log: after a failed write or fsync the page cache cannot be trusted, and
+    /// an fsync is never retried.
+    fn flush(&self, ws: &mut WriterState, sync: bool) -> Result<()> {
+        if !ws.buf.is_empty() {
+            let path = &ws.active.path;
+            if let Err(e) = ws.active.file.write_all_at(&ws.buf, ws.write_pos) {
+                ws.buf.clear();
+                return Err(self.poison(Error::io("write", path, e)));
+            }
+            self.stats.groups.fetch_add(1, Ordering::Relaxed);
+            self.stats.writes.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_written.fetch_add(ws.buf.len() as u64, Ordering::Relaxed);
+            ws.write_pos += ws.buf.len() as u64;
+            ws.buf.clear();
+            ws.active.readable_end.store(ws.write_pos, Ordering::Release);
+            self.committer.written.store(ws.next_seq, Ordering::Release);
+        }
+        if sync && ws.synced_pos < ws.write_pos {
+            self.sync_active(ws)?;
+        }
+        Ok(())
+    }
+
+    fn sync_active(&self, ws: &mut WriterState) -> Result<()> {
+        let started = Instant::now();
+        if let Err(e) = ws.active.file.sync_data() {
+            return Err(self.poison(Error::io("fdatasync", &ws.active.path, e)));
+        }
+        self.stats.record_fsync(started.elapsed().as_nanos() as u64);
+        ws.synced_pos = ws.write_pos;
+        self.durable.store(ws.next_seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes what was written visible to readers according to the policy.
+    fn publish(&self, ws: &WriterState) {
+        let visible = match self.opts.durability {
+            Durability::None => self.committer.written.load(Ordering::Acquire),
+            _ => self.durable.load(Ordering::Acquire),
+        };
+        self.visible.fetch_max(visible, Ordering::AcqRel);
+        debug_assert!(self.visible.load(Ordering::Acquire) <= ws.next_seq);
+    }
+
+    /// Seals the active segment and starts a new one (format-spec.md §6.3): the old segment
+    /// is fully synced, the new one is created durably, then the old one gets its seal frame,
+    /// is cut to size and synced, and its index file is written.
+    fn roll(&self, ws: &mut WriterState) -> Result<()> {
+        if ws.synced_pos < ws.write_pos {
+            self.sync_active(ws)?;
+        }
+        let base = ws.next_seq;
+        let (path, file) = match segment::create(
+            self.storage.as_ref(),
+            &self.seg_dir,
+            self.log_id,
+            base,
+            self.opts.segment_bytes,
+            self.opts.preallocate,
+        ) {
+            Ok(created) => created,
+            // Nothing changed: the old segment is intact and still active.
+            Err(e @ Error::StorageFull { .. }) => return Err(e),
+            Err(e) => return Err(self.poison(e)),
+        };
+        let old = Arc::clone(&ws.active);
+        let seal_at = ws.write_pos;
+        let count = (ws.next_seq - old.base) as u32;
+        let seal = encode_marker_frame(FrameKind::Seal, count, ws.next_seq, seal_at, self.log_tag);
+        let sealed = old
+            .file
+            .write_all_at(&seal, seal_at)
+            .and_then(|()| old.file.set_len(seal_at + FRAME_HEADER_BYTES as u64))
+            .and_then(|()| old.file.sync_data());
+        if let Err(e) = sealed {
+            return Err(self.poison(Error::io("seal", &old.path, e)));
+        }
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(FRAME_HEADER_BYTES as u64, Ordering::Relaxed);
+        old.readable_end.store(seal_at + FRAME_HEADER_BYTES as u64, Ordering::Release);
+        let _ = old.sealed.set(Sealed { next_seq: ws.next_seq, seal_at, map: OnceLock::new() });
+        let header = IndexHeader {
+            log_id: self.log_id,
+            segment_base: old.base,
+            end_offset: seal_at,
+            end_seq: ws.next_seq,
+        };
+        let ix = old.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if index::store(self.storage.as_ref(), &old.path.with_file_name(crate::names::index_file_name(old.base)), &header, &ix).is_err() {
+            self.stats.index_write_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let seg = Arc::new(Segment::new(base, path, file));
+        let _ = seg.index_loaded.set(());
+        self.segments.write().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&seg));
+        ws.active = seg;
+        ws.write_pos = SEGMENT_HEADER_BYTES as u64;
+        ws.synced_pos = ws.write_pos;
+        self.stats.rolls.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Clean close: drains the queue, syncs, writes a close frame and the active segment's
+    /// index so that the next open scans nothing.
+    pub(crate) fn close(&self) -> Result<()> {
+        let mut st = self.committer.lock_state();
+        if st.closed {
+            return Ok(());
+        }
+        st.closed = true;
+        while st.leader || !st.queue.is_empty() {
+            if !st.leader {
+                // Appenders are queued but none has taken the lead yet: let them.
+                self.committer.cond.notify_all();
+            }
+            st = self.committer.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.leader = true;
+        drop(st);
+        let _guard = LeaderGuard(self);
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
+        let mut ws = self.committer.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush(&mut ws, true)?;
+        let at = ws.write_pos;
+        let count = (ws.next_seq - ws.active.base) as u32;
+        let frame = encode_marker_frame(FrameKind::Close, count, ws.next_seq, at, self.log_tag);
+        let file = &ws.active.file;
+        let closed = file
+            .write_all_at(&frame, at)
+            .and_then(|()| file.set_len(at + FRAME_HEADER_BYTES as u64))
+            .and_then(|()| file.sync_data());
+        if let Err(e) = closed {
+            return Err(self.poison(Error::io("close", &ws.active.path, e)));
+        }
+        let header = IndexHeader {
+            log_id: self.log_id,
+            segment_base: ws.active.base,
+            end_offset: at,
+            end_seq: ws.next_seq,
+        };
+        let ix = ws.active.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let path = ws.active.path.with_file_name(crate::names::index_file_name(ws.active.base));
+        index::store(self.storage.as_ref(), &path, &header, &ix).map_err(|e| Error::io("write index", &path, e))
+    }
+}
+
+/// Background fsync for `Durability::Batched`: every `max_delay`, sync what is unsynced.
+/// The thread holds only a weak reference and ends when the log is dropped or closed.
+pub(crate) fn spawn_flusher(log: Weak<Inner>, max_delay: Duration) {
+    let spawned = std::thread::Builder::new().name("annal-flusher".into()).spawn(move || {
+        loop {
+            std::thread::sleep(max_delay);
+            let Some(inner) = log.upgrade() else { return };
+            if inner.committer.lock_state().closed || inner.poison.get().is_some() {
+                return;
+            }
+            if inner.has_unsynced() {
+                // A failure poisons the log; appenders and `sync` report it.
+                let _ = inner.sync();
+            }
+        }
+    });
+    // Without a flusher, Batched still syncs by bytes and on `sync`; nothing is lost.
+    let _ = spawned;
+}

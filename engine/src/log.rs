@@ -1,0 +1,828 @@
+//! The ordered set of segments: opening and recovering a store directory, global sequence
+//! numbers, reads by seq, the replay cursor, and the durable head.
+//!
+//! Writing lives in `commit`; this module owns the shared state both use.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use bytes::Bytes;
+
+use crate::commit::{Committer, WriterState};
+use crate::error::{CorruptionKind, Error, Result};
+use crate::format::{FrameKind, IndexEntry, IndexHeader, PreparedBatch, log_tag};
+use crate::fs::{LockGuard, OpenMode, Storage, StdFs, StorageFile};
+use crate::index::{self, SparseIndex};
+use crate::limits::{BATCH_RECORDS_MAX, FRAME_HEADER_BYTES, SEGMENTS_MAX, SEGMENT_HEADER_BYTES};
+use crate::names::{self, SegmentDirEntry};
+use crate::options::{Durability, Options};
+use crate::segment::{self, Scan, Source, Stop};
+use crate::stats::{Stats, StatsSnapshot};
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its global sequence number.
+    pub seq: u64,
+    /// The bytes that were appended, verified against their CRC.
+    pub payload: Bytes,
+}
+
+/// Where an append landed: seqs `first .. first + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Seq of the batch's first record.
+    pub first: u64,
+    /// Records in the batch.
+    pub count: u32,
+}
+
+impl Appended {
+    /// Seq of the batch's last record.
+    pub fn last(&self) -> u64 {
+        self.first + u64::from(self.count) - 1
+    }
+}
+
+/// A torn tail cut off at open: bytes after the last valid frame of the last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncatedTail {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Offset of the first byte cut.
+    pub offset: u64,
+    /// Bytes cut, up to the last non-zero byte.
+    pub bytes: u64,
+    /// Records in batch headers that still decoded in the cut bytes. None of them had been
+    /// acknowledged as durable under the durable policies (format-spec.md §7).
+    pub events: u64,
+    /// Why the first cut frame was invalid.
+    pub cause: CorruptionKind,
+    /// Where the cut bytes were copied before the cut, if any were non-zero.
+    pub moved_to: Option<PathBuf>,
+}
+
+/// What opening the store found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The store was closed cleanly: nothing was scanned but the tail after the last index
+    /// entry of the last segment.
+    pub clean: bool,
+    /// Segments found.
+    pub segments: usize,
+    /// The seq the next append gets.
+    pub next_seq: u64,
+    /// A torn tail that was cut, if any.
+    pub truncated: Option<TruncatedTail>,
+    /// Segments whose interrupted seal was completed (a crash during a roll).
+    pub seals_completed: Vec<u64>,
+    /// Leftover temp files of interrupted creates or replaces that were removed.
+    pub temp_files_removed: Vec<String>,
+    /// Bytes of records scanned during recovery.
+    pub scanned_bytes: u64,
+}
+
+/// A sealed segment's final facts.
+#[derive(Debug)]
+pub(crate) struct Sealed {
+    /// One past its last record.
+    pub next_seq: u64,
+    /// Offset of its seal frame; the file ends right after it.
+    pub seal_at: u64,
+    /// The map, made on first read where the storage supports it.
+    pub map: OnceLock<Option<Arc<memmap2::Mmap>>>,
+}
+
+/// One segment as the log sees it.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base: u64,
+    pub path: PathBuf,
+    pub file: Arc<dyn StorageFile>,
+    /// The sparse index. For sealed segments it is loaded on first read.
+    pub index: RwLock<SparseIndex>,
+    pub index_loaded: OnceLock<()>,
+    /// For the active segment: bytes readers may read (all frames below it are complete).
+    pub readable_end: AtomicU64,
+    pub sealed: OnceLock<Sealed>,
+}
+
+impl Segment {
+    pub(crate) fn new(base: u64, path: PathBuf, file: Arc<dyn StorageFile>) -> Self {
+        Segment {
+            base,
+            path,
+            file,
+            index: RwLock::new(SparseIndex::default()),
+            index_loaded: OnceLock::new(),
+            readable_end: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
+            sealed: OnceLock::new(),
+        }
+    }
+
+    /// A byte source for reads: the map of a sealed segment, or positioned reads of the
+    /// readable prefix of the active one.
+    pub(crate) fn source(&self) -> Source {
+        if let Some(s) = self.sealed.get() {
+            let map = s.map.get_or_init(|| self.file.map().ok().flatten().map(Arc::new));
+            if let Some(m) = map {
+                if m.len() as u64 == s.seal_at + FRAME_HEADER_BYTES as u64 {
+                    return Source::Mapped(Arc::clone(m));
+                }
+            }
+            return Source::file(Arc::clone(&self.file), s.seal_at + FRAME_HEADER_BYTES as u64);
+        }
+        Source::file(Arc::clone(&self.file), self.readable_end.load(Ordering::Acquire))
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.path.with_file_name(names::index_file_name(self.base))
+    }
+}
+
+/// State shared by every handle of one open log.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub storage: Arc<dyn Storage>,
+    pub dir: PathBuf,
+    pub seg_dir: PathBuf,
+    pub opts: Options,
+    pub log_id: [u8; 16],
+    pub log_tag: u64,
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+    /// One past the last seq readers may see (durable, or written under `Durability::None`).
+    pub visible: AtomicU64,
+    /// One past the last seq known durable.
+    pub durable: AtomicU64,
+    pub committer: Committer,
+    pub poison: OnceLock<Arc<Error>>,
+    pub stats: Stats,
+    pub recovery: RecoveryReport,
+    pub _lock: Box<dyn LockGuard>,
+}
+
+/// A segmented, CRC-checked write-ahead log with group commit.
+///
+/// `Log` is a cheap handle: clone it to share one open log between threads; every method
+/// takes `&self` and is thread-safe. The directory is owned exclusively (a `LOCK` file) until
+/// the last handle is dropped; dropping the last handle closes the log cleanly, as
+/// [`Log::close`] does, but ignores errors.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+        Log::open_with(Arc::new(StdFs), dir, opts)
+    }
+
+    /// Opens the log in `dir` on the given storage (for tests: [`crate::fs::SimFs`]).
+    ///
+    /// Takes the directory's lock first (a second open gets [`Error::Locked`] and touches no
+    /// other file), then recovers as format-spec.md §7 describes: a torn tail is cut and
+    /// reported in [`Log::recovery_report`]; damage to data that was durable is an error.
+    pub fn open_with(storage: Arc<dyn Storage>, dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        storage.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+        let lock_path = dir.join(names::LOCK_FILE);
+        let lock = storage
+            .try_lock(&lock_path)
+            .map_err(|e| Error::io("lock", &lock_path, e))?
+            .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
+        let seg_dir = names::segments_dir(&dir);
+        storage.create_dir_all(&seg_dir).map_err(|e| Error::io("create dir", &seg_dir, e))?;
+        let recovered = recover(storage.as_ref(), &seg_dir, &opts)?;
+        let Recovered { log_id, segments, writer, report } = recovered;
+        let next_seq = writer.next_seq;
+        let inner = Arc::new(Inner {
+            storage,
+            dir,
+            seg_dir,
+            log_tag: log_tag(&log_id),
+            log_id,
+            segments: RwLock::new(segments),
+            visible: AtomicU64::new(next_seq),
+            durable: AtomicU64::new(next_seq),
+            committer: Committer::new(writer),
+            poison: OnceLock::new(),
+            stats: Stats::default(),
+            recovery: report,
+            opts,
+            _lock: lock,
+        });
+        if let Durability::Batched { max_delay, .. } = inner.opts.durability {
+            crate::commit::spawn_flusher(Arc::downgrade(&inner), max_delay);
+        }
+        Ok(Log { inner })
+    }
+
+    /// Appends `payloads` as one atomic batch and returns their seqs.
+    ///
+    /// All records land together or none does, also across a crash. Under the default
+    /// [`Durability::Sync`] this returns only after the batch is fsynced; concurrent calls
+    /// share one fsync. Errors: [`Error::EmptyBatch`], [`Error::RecordTooLarge`],
+    /// [`Error::BatchTooLarge`] (nothing written); [`Error::StorageFull`] or [`Error::Io`]
+    /// for the batch whose write failed; [`Error::Poisoned`] for every append after a failed
+    /// write or fsync until the log is reopened.
+    pub fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Appended> {
+        let batch = self.prepare(payloads)?;
+        self.inner.append_prepared(batch)
+    }
+
+    /// Checks the limits and encodes a batch on the calling thread.
+    fn prepare<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<PreparedBatch> {
+        if payloads.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let max = self.inner.opts.max_record_bytes;
+        for p in payloads {
+            let len = p.as_ref().len() as u64;
+            if len > u64::from(max) {
+                return Err(Error::RecordTooLarge { len, max: max.into() });
+            }
+        }
+        let bytes = crate::format::batch_frame_bytes(payloads.iter().map(|p| p.as_ref().len()));
+        let capacity = self.inner.opts.segment_capacity();
+        if payloads.len() as u64 > u64::from(BATCH_RECORDS_MAX) || bytes > capacity {
+            return Err(Error::BatchTooLarge {
+                records: payloads.len() as u64,
+                bytes,
+                max_records: BATCH_RECORDS_MAX.into(),
+                max_bytes: capacity,
+            });
+        }
+        Ok(PreparedBatch::new(payloads))
+    }
+
+    /// Forces an fsync of everything written so far (a no-op under `Durability::Sync`, where
+    /// everything acknowledged is already durable).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+
+    /// The highest seq that is durable, or `None` if nothing is.
+    pub fn durable_head(&self) -> Option<u64> {
+        self.inner.durable.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// One past the highest seq a reader may see now: reads and cursors stop here.
+    pub fn visible_end(&self) -> u64 {
+        self.inner.visible.load(Ordering::Acquire)
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// What opening the store found and did.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The store's random log id.
+    pub fn log_id(&self) -> [u8; 16] {
+        self.inner.log_id
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Reads record `seq`, verifying its CRC. Fails with [`Error::SeqOutOfRange`] for seqs
+    /// not yet visible and [`Error::Corrupt`] if the bytes do not verify.
+    pub fn read(&self, seq: u64) -> Result<Record> {
+        let mut cursor = self.cursor(seq);
+        match cursor.next() {
+            Some(r) => r,
+            None => Err(Error::SeqOutOfRange { seq, head: self.visible_end() }),
+        }
+    }
+
+    /// A cursor over records `from ..` up to the visible end, re-checked on every step, so it
+    /// keeps going while writers append. Every record's CRC is checked.
+    pub fn cursor(&self, from: u64) -> Cursor {
+        Cursor { inner: Arc::clone(&self.inner), next: from, pos: None, done: false }
+    }
+
+    /// Closes the log cleanly: waits for in-flight appends, writes a close frame and the
+    /// active segment's index, so the next open need not scan. Later appends on any handle
+    /// fail with [`Error::Closed`].
+    pub fn close(self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl Inner {
+    /// The segment holding `seq` (the last one whose base is at most `seq`).
+    pub(crate) fn segment_for(&self, seq: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let n = segs.partition_point(|s| s.base <= seq);
+        n.checked_sub(1).and_then(|i| segs.get(i)).cloned()
+    }
+
+    /// Makes sure a sealed segment's sparse index is in memory: loaded from its file, or
+    /// rebuilt from the segment when the file is missing, damaged or foreign (and then
+    /// rewritten, best effort: it is a cache).
+    fn ensure_index(&self, seg: &Segment) -> Result<()> {
+        let Some(sealed) = seg.sealed.get() else { return Ok(()) };
+        if seg.index_loaded.get().is_some() {
+            return Ok(());
+        }
+        let path = seg.index_path();
+        let data_len = sealed.seal_at + FRAME_HEADER_BYTES as u64;
+        let loaded = index::load(self.storage.as_ref(), &path, &self.log_id, seg.base, data_len)
+            .ok()
+            .filter(|(h, _)| h.end_offset == sealed.seal_at && h.end_seq == sealed.next_seq);
+        let ix = match loaded {
+            Some((_, ix)) => ix,
+            None => self.rebuild_index(seg, sealed)?,
+        };
+        *seg.index.write().unwrap_or_else(|e| e.into_inner()) = ix;
+        let _ = seg.index_loaded.set(());
+        Ok(())
+    }
+
+    fn rebuild_index(&self, seg: &Segment, sealed: &Sealed) -> Result<SparseIndex> {
+        self.stats.index_rebuilds.fetch_add(1, Ordering::Relaxed);
+        let mut src = seg.source();
+        let scan = segment::scan(
+            &mut src,
+            seg.base,
+            SEGMENT_HEADER_BYTES as u64,
+            seg.base,
+            self.log_tag,
+            self.opts.max_record_bytes,
+            self.opts.index_interval_bytes,
+            SparseIndex::default(),
+        )
+        .map_err(|e| Error::io("read", &seg.path, e))?;
+        match scan.stop {
+            Stop::Sealed { at } if at == sealed.seal_at && scan.next_seq == sealed.next_seq => {}
+            Stop::Invalid { at, kind } => return Err(Error::corrupt(&seg.path, at, kind)),
+            _ => {
+                let kind = CorruptionKind::IncompleteSegment { end: scan.next_seq, next: sealed.next_seq };
+                return Err(Error::corrupt(&seg.path, scan.end_offset, kind));
+            }
+        }
+        let header = IndexHeader {
+            log_id: self.log_id,
+            segment_base: seg.base,
+            end_offset: sealed.seal_at,
+            end_seq: sealed.next_seq,
+        };
+        if index::store(self.storage.as_ref(), &seg.index_path(), &header, &scan.index).is_err() {
+            self.stats.index_write_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(scan.index)
+    }
+
+    /// Positions a reader at the batch holding `seq`: returns the frame offset and the seq
+    /// of the batch's first record, starting from the sparse index and validating the entry
+    /// against the frame it points to.
+    fn seek(&self, seg: &Segment, src: &mut Source, seq: u64) -> Result<(u64, crate::format::Frame)> {
+        self.ensure_index(seg)?;
+        let entry = seg.index.read().unwrap_or_else(|e| e.into_inner()).floor(seq);
+        let start = entry.unwrap_or(IndexEntry { seq: seg.base, offset: SEGMENT_HEADER_BYTES as u64 });
+        let mut off = start.offset;
+        let mut first = true;
+        loop {
+            let f = segment::frame_at(src, off, self.log_tag).map_err(|e| e.at(&seg.path, off))?;
+            if first && entry.is_some() && (f.kind != FrameKind::Batch || f.seq != start.seq) {
+                // The entry does not describe the frame it points to: the index is wrong.
+                let kind = CorruptionKind::SeqMismatch { expected: start.seq, found: f.seq };
+                return Err(Error::corrupt(seg.index_path(), off, kind));
+            }
+            first = false;
+            match f.kind {
+                FrameKind::Batch if seq < f.seq + u64::from(f.count) => {
+                    if seq < f.seq {
+                        let kind = CorruptionKind::SeqMismatch { expected: seq, found: f.seq };
+                        return Err(Error::corrupt(&seg.path, off, kind));
+                    }
+                    return Ok((off, f));
+                }
+                FrameKind::Seal => {
+                    let kind = CorruptionKind::SeqMismatch { expected: seq, found: f.seq };
+                    return Err(Error::corrupt(&seg.path, off, kind));
+                }
+                _ => off += f.total_bytes(),
+            }
+        }
+    }
+}
+
+/// Reading position of a cursor inside one segment.
+struct Pos {
+    seg: Arc<Segment>,
+    src: Source,
+    /// Offset of the current batch's frame header.
+    frame_off: u64,
+    frame: crate::format::Frame,
+    /// Offset of the next record inside the batch.
+    rec_off: u64,
+}
+
+/// An iterator over records from a seq up to the visible end, across segments.
+///
+/// Each step re-reads the visible end, so a cursor that returned `None` yields more once
+/// writers have appended. It yields an error (and then stops) on any record that does not
+/// verify. A cursor holds its segment open; it is `Send` but not `Sync`.
+pub struct Cursor {
+    inner: Arc<Inner>,
+    next: u64,
+    pos: Option<Pos>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cursor").field("next", &self.next).field("done", &self.done).finish()
+    }
+}
+
+impl Cursor {
+    /// The seq the next call to `next` returns.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    fn step(&mut self) -> Result<Option<Record>> {
+        let visible = self.inner.visible.load(Ordering::Acquire);
+        if self.next >= visible {
+            return Ok(None);
+        }
+        let max = self.inner.opts.max_record_bytes;
+        let need_seek = match &self.pos {
+            None => true,
+            Some(p) => p.frame.seq + u64::from(p.frame.count) <= self.next && {
+                // Past this batch: stay in the segment if the next frame is here.
+                p.seg.sealed.get().is_some_and(|s| self.next >= s.next_seq)
+            },
+        };
+        if need_seek {
+            let seq = self.next;
+            let seg = self.inner.segment_for(seq).ok_or(Error::MissingSegments { from: seq, to: seq + 1 })?;
+            let mut src = seg.source();
+            let (frame_off, frame) = self.inner.seek(&seg, &mut src, seq)?;
+            let (rec_off, _) = segment::locate_record(&mut src, frame_off, &frame, seq, max)
+                .map_err(|(o, e)| e.at(&seg.path, o))?;
+            let rec_off = rec_off - crate::limits::RECORD_HEADER_BYTES as u64;
+            self.pos = Some(Pos { seg, src, frame_off, frame, rec_off });
+        }
+        let Some(p) = self.pos.as_mut() else { return Ok(None) };
+        if p.seg.sealed.get().is_none() {
+            p.src.extend_to(p.seg.readable_end.load(Ordering::Acquire));
+        }
+        // Move to the next batch in this segment if the current one is finished.
+        while p.frame.seq + u64::from(p.frame.count) <= self.next {
+            let off = p.frame_off + p.frame.total_bytes();
+            let f = segment::frame_at(&mut p.src, off, self.inner.log_tag).map_err(|e| e.at(&p.seg.path, off))?;
+            if f.kind == FrameKind::Seal || (f.kind == FrameKind::Batch && f.seq != self.next) {
+                let kind = CorruptionKind::SeqMismatch { expected: self.next, found: f.seq };
+                return Err(Error::corrupt(&p.seg.path, off, kind));
+            }
+            p.frame_off = off;
+            p.frame = f;
+            p.rec_off = off + FRAME_HEADER_BYTES as u64;
+        }
+        let body_end = p.frame_off + FRAME_HEADER_BYTES as u64 + u64::from(p.frame.body_bytes);
+        let (payload_off, len) = segment::record_at(&mut p.src, p.rec_off, body_end, self.next, max)
+            .map_err(|(o, e)| e.at(&p.seg.path, o))?;
+        let payload = p.src.bytes(payload_off, len as usize).map_err(|e| Error::io("read", &p.seg.path, e))?;
+        p.rec_off = payload_off + u64::from(len);
+        let rec = Record { seq: self.next, payload };
+        self.next += 1;
+        Ok(Some(rec))
+    }
+}
+
+impl Iterator for Cursor {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// What recovery hands to `Log::open_with`.
+struct Recovered {
+    log_id: [u8; 16],
+    segments: Vec<Arc<Segment>>,
+    writer: WriterState,
+    report: RecoveryReport,
+}
+
+/// A segment file found at open, with its header checked.
+struct Found {
+    base: u64,
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    len: u64,
+}
+
+/// Recovers the segments directory (format-spec.md §7).
+fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Recovered> {
+    let mut report = RecoveryReport::default();
+    let names = storage.read_dir(seg_dir).map_err(|e| Error::io("list", seg_dir, e))?;
+    let mut bases = Vec::new();
+    for name in names {
+        match names::parse_segment_dir_entry(&name) {
+            SegmentDirEntry::Segment(base) => bases.push(base),
+            SegmentDirEntry::Temp => {
+                // An interrupted segment create or sidecar replace: it never became a file
+                // the store relies on, and a segment temp file never held a record.
+                let p = seg_dir.join(&name);
+                storage.remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+                report.temp_files_removed.push(name);
+            }
+            _ => {}
+        }
+    }
+    if bases.len() > SEGMENTS_MAX {
+        return Err(Error::InvalidOptions(format!(
+            "{} segment files exceed the limit of {SEGMENTS_MAX}",
+            bases.len()
+        )));
+    }
+    if !report.temp_files_removed.is_empty() {
+        storage.sync_dir(seg_dir).map_err(|e| Error::io("sync dir", seg_dir, e))?;
+    }
+    bases.sort_unstable();
+    if bases.is_empty() {
+        return create_fresh(storage, seg_dir, opts, report);
+    }
+
+    // Every header first: identity and names, before trusting anything else.
+    let mut found = Vec::with_capacity(bases.len());
+    let mut log_id = None;
+    for &base in &bases {
+        let path = seg_dir.join(names::segment_file_name(base));
+        let file: Arc<dyn StorageFile> =
+            Arc::from(storage.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("open", &path, e))?);
+        let header = segment::read_header(file.as_ref(), &path)?;
+        let id = *log_id.get_or_insert(header.log_id);
+        if header.log_id != id {
+            return Err(Error::corrupt(&path, 0, CorruptionKind::ForeignSegment));
+        }
+        if header.base_seq != base {
+            let kind = CorruptionKind::SegmentNameMismatch { header: header.base_seq, name: base };
+            return Err(Error::corrupt(&path, 0, kind));
+        }
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        found.push(Found { base, path, file, len });
+    }
+    let log_id = log_id.unwrap_or_default();
+    let tag = log_tag(&log_id);
+    if let Some(first) = found.first() {
+        if first.base != 0 {
+            return Err(Error::MissingSegments { from: 0, to: first.base });
+        }
+    }
+
+    let mut segments = Vec::with_capacity(found.len());
+    let last_i = found.len() - 1;
+    for (i, f) in found.iter().enumerate() {
+        if i == last_i {
+            break;
+        }
+        let next_base = found.get(i + 1).map_or(0, |n| n.base);
+        let (seal_at, next_seq) = recover_sealed(storage, f, next_base, tag, opts, &mut report)?;
+        if next_seq != next_base {
+            if next_seq < next_base {
+                return Err(Error::MissingSegments { from: next_seq, to: next_base });
+            }
+            let kind = CorruptionKind::SeqMismatch { expected: next_seq, found: next_base };
+            return Err(Error::corrupt(&found[i + 1].path, 0, kind));
+        }
+        let seg = Segment::new(f.base, f.path.clone(), Arc::clone(&f.file));
+        let _ = seg.sealed.set(Sealed { next_seq, seal_at, map: OnceLock::new() });
+        segments.push(Arc::new(seg));
+    }
+    let last = &found[last_i];
+    let writer = recover_active(storage, last, &log_id, tag, opts, &mut report)?;
+    segments.push(Arc::clone(&writer.active));
+    report.segments = segments.len();
+    report.next_seq = writer.next_seq;
+    Ok(Recovered { log_id, segments, writer, report })
+}
+
+fn create_fresh(storage: &dyn Storage, seg_dir: &Path, opts: &Options, mut report: RecoveryReport) -> Result<Recovered> {
+    let log_id = *uuid::Uuid::new_v4().as_bytes();
+    let (path, file) = segment::create(storage, seg_dir, log_id, 0, opts.segment_bytes, opts.preallocate)?;
+    let seg = Arc::new(Segment::new(0, path, file));
+    let _ = seg.index_loaded.set(());
+    report.clean = true;
+    report.segments = 1;
+    let writer = WriterState::new(Arc::clone(&seg), SEGMENT_HEADER_BYTES as u64, 0);
+    Ok(Recovered { log_id, segments: vec![seg], writer, report })
+}
+
+/// A non-last segment: trusted through its seal frame at the end of the file, else scanned.
+/// A segment whose seal is missing because a roll was interrupted has its seal completed.
+fn recover_sealed(
+    storage: &dyn Storage,
+    f: &Found,
+    next_base: u64,
+    tag: u64,
+    opts: &Options,
+    report: &mut RecoveryReport,
+) -> Result<(u64, u64)> {
+    let mut src = Source::file(Arc::clone(&f.file), f.len);
+    if let Some(at) = f.len.checked_sub(FRAME_HEADER_BYTES as u64) {
+        if at >= SEGMENT_HEADER_BYTES as u64 {
+            if let Ok(frame) = segment::frame_at(&mut src, at, tag) {
+                if frame.kind == FrameKind::Seal && frame.seq >= f.base && u64::from(frame.count) == frame.seq - f.base {
+                    return Ok((at, frame.seq));
+                }
+            }
+        }
+    }
+    // No trustworthy seal at the end of the file: walk the records.
+    let scan = scan_from_start(&mut src, f.base, tag, opts)?;
+    report.scanned_bytes += scan.end_offset;
+    match scan.stop {
+        Stop::Sealed { at } => {
+            // A seal followed by leftover preallocated space: cut the space (no records).
+            f.file.set_len(at + FRAME_HEADER_BYTES as u64).map_err(|e| Error::io("truncate", &f.path, e))?;
+            f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
+            Ok((at, scan.next_seq))
+        }
+        Stop::EndOfData | Stop::Invalid { .. } => {
+            if let Stop::Invalid { at, kind } = &scan.stop {
+                let survey = segment::survey_tail(&mut src, *at, tag).map_err(|e| Error::io("read", &f.path, e))?;
+                if let Some(valid_at) = survey.durable_proof {
+                    let kind = CorruptionKind::MidLog { valid_at, cause: Box::new(kind.clone()) };
+                    return Err(Error::corrupt(&f.path, *at, kind));
+                }
+                if scan.next_seq != next_base {
+                    return Err(Error::corrupt(&f.path, *at, kind.clone()));
+                }
+            }
+            if scan.next_seq != next_base {
+                let kind = CorruptionKind::IncompleteSegment { end: scan.next_seq, next: next_base };
+                return Err(Error::corrupt(&f.path, scan.end_offset, kind));
+            }
+            // Interrupted roll: every record is here; only the seal is missing or torn.
+            let survey = segment::survey_tail(&mut src, scan.end_offset, tag)
+                .map_err(|e| Error::io("read", &f.path, e))?;
+            cut_tail(storage, f, scan.end_offset, &survey)?;
+            let at = scan.end_offset;
+            let seal = crate::format::encode_marker_frame(
+                FrameKind::Seal,
+                (scan.next_seq - f.base) as u32,
+                scan.next_seq,
+                at,
+                tag,
+            );
+            f.file.write_all_at(&seal, at).map_err(|e| Error::io("write", &f.path, e))?;
+            f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
+            report.seals_completed.push(f.base);
+            Ok((at, scan.next_seq))
+        }
+    }
+}
+
+fn scan_from_start(src: &mut Source, base: u64, tag: u64, opts: &Options) -> Result<Scan> {
+    segment::scan(
+        src,
+        base,
+        SEGMENT_HEADER_BYTES as u64,
+        base,
+        tag,
+        opts.max_record_bytes,
+        opts.index_interval_bytes,
+        SparseIndex::default(),
+    )
+    .map_err(|e| Error::io("read", "segment", e))
+}
+
+/// Copies the bytes from `at` to the last non-zero byte aside (if any), then truncates the
+/// file to `at` and syncs it. Returns where the bytes went. Cut bytes were never durable
+/// parts of the log (format-spec.md §7), but they are a user's bytes all the same: they are
+/// moved aside, never just dropped.
+fn cut_tail(storage: &dyn Storage, f: &Found, at: u64, survey: &segment::TailSurvey) -> Result<Option<PathBuf>> {
+    let mut moved = None;
+    if survey.nonzero_end > at {
+        let n = survey.nonzero_end - at;
+        // Bounded by the segment's length, which is bounded by SEGMENT_BYTES_MAX.
+        let mut buf = vec![0u8; n as usize];
+        f.file.read_exact_at(&mut buf, at).map_err(|e| Error::io("read", &f.path, e))?;
+        let dir = f.path.parent().unwrap_or(Path::new("."));
+        let mut target = dir.join(names::broken_tail_name(f.base, at));
+        let mut k = 1;
+        while storage.exists(&target).map_err(|e| Error::io("stat", &target, e))? {
+            target = dir.join(format!("{}.{k}", names::broken_tail_name(f.base, at)));
+            k += 1;
+        }
+        let out = storage.open(&target, OpenMode::CreateNew).map_err(|e| Error::io("create", &target, e))?;
+        out.write_all_at(&buf, 0).map_err(|e| Error::io("write", &target, e))?;
+        out.sync_data().map_err(|e| Error::io("sync", &target, e))?;
+        storage.sync_dir(dir).map_err(|e| Error::io("sync dir", dir, e))?;
+        moved = Some(target);
+    }
+    f.file.set_len(at).map_err(|e| Error::io("truncate", &f.path, e))?;
+    f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
+    Ok(moved)
+}
+
+/// The last segment: trusted up to the close frame its index file points to, then scanned
+/// to the end; a torn tail is cut and reported, damage to durable data is an error.
+fn recover_active(
+    storage: &dyn Storage,
+    f: &Found,
+    log_id: &[u8; 16],
+    tag: u64,
+    opts: &Options,
+    report: &mut RecoveryReport,
+) -> Result<WriterState> {
+    let mut src = Source::file(Arc::clone(&f.file), f.len);
+    let seg = Arc::new(Segment::new(f.base, f.path.clone(), Arc::clone(&f.file)));
+    let _ = seg.index_loaded.set(());
+    // The last trusted point: the close frame the index file was written at.
+    let mut start = (SEGMENT_HEADER_BYTES as u64, f.base, SparseIndex::default());
+    let mut from_index = false;
+    if let Ok((h, ix)) = index::load(storage, &seg.index_path(), log_id, f.base, f.len) {
+        let close_ok = segment::frame_at(&mut src, h.end_offset, tag).is_ok_and(|c| {
+            c.kind == FrameKind::Close && c.seq == h.end_seq && u64::from(c.count) == h.end_seq - f.base
+        });
+        if close_ok {
+            start = (h.end_offset, h.end_seq, ix);
+            from_index = true;
+        }
+    }
+    let (start_off, start_seq, ix) = start;
+    let scan = segment::scan(
+        &mut src,
+        f.base,
+        start_off,
+        start_seq,
+        tag,
+        opts.max_record_bytes,
+        opts.index_interval_bytes,
+        ix,
+    )
+    .map_err(|e| Error::io("read", &f.path, e))?;
+    // The close frame the index points to is checked, not scanned.
+    let skipped = if from_index { FRAME_HEADER_BYTES as u64 } else { 0 };
+    report.scanned_bytes += scan.end_offset.saturating_sub(start_off + skipped);
+    let ends_with_close = f.len >= (SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES) as u64
+        && segment::frame_at(&mut src, f.len - FRAME_HEADER_BYTES as u64, tag)
+            .is_ok_and(|c| c.kind == FrameKind::Close);
+    report.clean = from_index && ends_with_close && matches!(scan.stop, Stop::EndOfData);
+    match &scan.stop {
+        Stop::EndOfData => {}
+        Stop::Sealed { at } => {
+            let kind = CorruptionKind::SealedTail { next_seq: scan.next_seq };
+            return Err(Error::corrupt(&f.path, *at, kind));
+        }
+        Stop::Invalid { at, kind } => {
+            let survey = segment::survey_tail(&mut src, *at, tag).map_err(|e| Error::io("read", &f.path, e))?;
+            if let Some(valid_at) = survey.durable_proof {
+                let kind = CorruptionKind::MidLog { valid_at, cause: Box::new(kind.clone()) };
+                return Err(Error::corrupt(&f.path, *at, kind));
+            }
+            let moved_to = cut_tail(storage, f, *at, &survey)?;
+            if survey.nonzero_end > *at {
+                report.truncated = Some(TruncatedTail {
+                    segment: f.path.clone(),
+                    offset: *at,
+                    bytes: survey.nonzero_end - at,
+                    events: survey.events,
+                    cause: kind.clone(),
+                    moved_to,
+                });
+            }
+        }
+    }
+    if opts.preallocate {
+        f.file.preallocate(opts.segment_bytes).map_err(|e| Error::io("preallocate", &f.path, e))?;
+    }
+    // What was read back may have been in the page cache only (a process crash under a
+    // non-sync policy): make it durable before calling it durable.
+    f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
+    *seg.index.write().unwrap_or_else(|e| e.into_inner()) = scan.index;
+    seg.readable_end.store(scan.end_offset, Ordering::Release);
+    Ok(WriterState::new(seg, scan.end_offset, scan.next_seq))
+}

@@ -1,0 +1,105 @@
+//! Options of a log, with their defaults.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::limits::{
+    FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+};
+
+/// When an `append` call returns, and what `durable_head()` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The default: `append` returns only after its bytes are fsynced (`fdatasync`).
+    /// Concurrent appends share one fsync (group commit).
+    #[default]
+    Sync,
+    /// `append` returns once its bytes are written to the OS; they become durable at the
+    /// next fsync, which happens when `max_bytes` are unsynced, after `max_delay` at the
+    /// latest (a background flusher), or when [`crate::Log::sync`] is called. Readers see
+    /// only durable records.
+    Batched {
+        /// Longest time a write stays unsynced.
+        max_delay: Duration,
+        /// Unsynced bytes that trigger an fsync from the appending path.
+        max_bytes: u64,
+    },
+    /// Never fsync except at segment rolls and close: for data that can be rebuilt. Readers
+    /// see records as soon as they are written; after a crash any suffix may be gone.
+    None,
+}
+
+/// Options of a [`crate::Log`]. `Options::default()` is what most users want.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Size at which a segment is sealed and a new one started. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// Largest record payload accepted by `append` and believed when reading. Default 16 MiB.
+    /// Must leave room for one record and its frame in a segment.
+    pub max_record_bytes: u32,
+    /// Bytes between sparse index entries. Default 4 KiB: a read scans at most about this
+    /// much beyond the entry it starts from.
+    pub index_interval_bytes: u64,
+    /// When appends return and become visible. Default [`Durability::Sync`].
+    pub durability: Durability,
+    /// Reserve each new segment's space up front (`fallocate`) so running out of space shows
+    /// up when a segment is created rather than in the middle of appends. Default true.
+    pub preallocate: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+            index_interval_bytes: 4096,
+            durability: Durability::Sync,
+            preallocate: true,
+        }
+    }
+}
+
+impl Options {
+    /// Bytes of records one segment can hold: what is left after its header and the room
+    /// reserved for its seal frame. A batch larger than this cannot be appended.
+    pub fn segment_capacity(&self) -> u64 {
+        self.segment_bytes - SEGMENT_HEADER_BYTES as u64 - FRAME_HEADER_BYTES as u64
+    }
+
+    /// Checks that the options can work together.
+    pub fn validate(&self) -> Result<()> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(Error::InvalidOptions(format!(
+                "segment_bytes {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            )));
+        }
+        if self.segment_bytes % 8 != 0 {
+            return Err(Error::InvalidOptions("segment_bytes must be a multiple of 8".into()));
+        }
+        if self.max_record_bytes > RECORD_BODY_BYTES_MAX {
+            return Err(Error::InvalidOptions(format!(
+                "max_record_bytes {} exceeds the hard limit {RECORD_BODY_BYTES_MAX}",
+                self.max_record_bytes
+            )));
+        }
+        let one_record = (FRAME_HEADER_BYTES + RECORD_HEADER_BYTES) as u64
+            + crate::format::align_up(u64::from(self.max_record_bytes));
+        if one_record > self.segment_capacity() {
+            return Err(Error::InvalidOptions(format!(
+                "a record of max_record_bytes {} does not fit in a segment of {} bytes",
+                self.max_record_bytes, self.segment_bytes
+            )));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(Error::InvalidOptions("index_interval_bytes must be positive".into()));
+        }
+        if let Durability::Batched { max_delay, .. } = self.durability {
+            if max_delay.is_zero() {
+                return Err(Error::InvalidOptions("Batched max_delay must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,446 @@
+//! One segment file: creating it durably, reading bytes from it, walking and verifying its
+//! frames, and classifying what follows the last valid frame (format-spec.md §3, §4, §7).
+//!
+//! Nothing here knows about other segments; `log` strings segments together.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+use crate::error::{CorruptionKind, Error, Result};
+use crate::format::{
+    DecodeError, Frame, FrameKind, SegmentHeader, align_up, decode_frame_header,
+    decode_record_header,
+};
+use crate::fs::{OpenMode, Storage, StorageFile};
+use crate::index::SparseIndex;
+use crate::limits::{FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::names;
+
+/// Bytes read at a time when a segment is read through `read_at` rather than a map.
+const READ_WINDOW_BYTES: usize = 256 << 10;
+
+/// Random access to a segment's bytes: a memory map of a sealed segment, or positioned reads
+/// through a window buffer.
+pub(crate) enum Source {
+    /// The whole file, mapped.
+    Mapped(Arc<memmap2::Mmap>),
+    /// Positioned reads of the first `len` bytes of `file`.
+    File {
+        /// The segment file.
+        file: Arc<dyn StorageFile>,
+        /// Bytes that may be read (the file's length, or the readable prefix).
+        len: u64,
+        /// The cached window.
+        window: Vec<u8>,
+        /// File offset of `window[0]`.
+        window_off: u64,
+    },
+}
+
+impl Source {
+    /// A source reading the first `len` bytes of `file`.
+    pub(crate) fn file(file: Arc<dyn StorageFile>, len: u64) -> Self {
+        Source::File { file, len, window: Vec::new(), window_off: 0 }
+    }
+
+    /// Raises the readable length of a file source (the active segment grows; bytes once
+    /// readable never change, so the cached window stays valid).
+    pub(crate) fn extend_to(&mut self, new_len: u64) {
+        if let Source::File { len, .. } = self {
+            *len = (*len).max(new_len);
+        }
+    }
+
+    /// Bytes that may be read.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Source::Mapped(m) => m.len() as u64,
+            Source::File { len, .. } => *len,
+        }
+    }
+
+    /// Exactly `n` bytes at `off`. Callers bound `n` before asking (it is never more than a
+    /// frame header or one record, and the record length was checked against the maximum).
+    pub(crate) fn get(&mut self, off: u64, n: usize) -> io::Result<&[u8]> {
+        let end = off.checked_add(n as u64).filter(|&e| e <= self.len());
+        let Some(end) = end else {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        };
+        match self {
+            Source::Mapped(m) => m
+                .get(off as usize..end as usize)
+                .ok_or_else(|| io::ErrorKind::UnexpectedEof.into()),
+            Source::File { file, len, window, window_off } => {
+                let have = off >= *window_off && end <= *window_off + window.len() as u64;
+                if !have {
+                    let want = (n.max(READ_WINDOW_BYTES) as u64).min(*len - off) as usize;
+                    window.clear();
+                    window.resize(want, 0);
+                    file.read_exact_at(window, off)?;
+                    *window_off = off;
+                }
+                let start = (off - *window_off) as usize;
+                window
+                    .get(start..start + n)
+                    .ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+            }
+        }
+    }
+}
+
+/// Lets a memory map own the bytes of a [`bytes::Bytes`], so reads of sealed segments do
+/// not copy.
+struct MapOwner(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0[..]
+    }
+}
+
+impl Source {
+    /// The `n` bytes at `off` as an owned `Bytes` (zero-copy from a map).
+    pub(crate) fn bytes(&mut self, off: u64, n: usize) -> io::Result<bytes::Bytes> {
+        if let Source::Mapped(m) = self {
+            let end = off.checked_add(n as u64).filter(|&e| e <= m.len() as u64);
+            let Some(end) = end else {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            };
+            let owner = bytes::Bytes::from_owner(MapOwner(Arc::clone(m)));
+            return Ok(owner.slice(off as usize..end as usize));
+        }
+        Ok(bytes::Bytes::copy_from_slice(self.get(off, n)?))
+    }
+}
+
+/// Why a frame at some offset is not valid, or an I/O error reading it.
+pub(crate) enum FrameError {
+    /// The bytes are bad.
+    Bad(CorruptionKind),
+    /// The bytes could not be read.
+    Io(io::Error),
+}
+
+impl From<DecodeError> for FrameError {
+    fn from(e: DecodeError) -> Self {
+        FrameError::Bad(CorruptionKind::Decode(e))
+    }
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+impl FrameError {
+    /// Into the public error, naming the file and offset.
+    pub(crate) fn at(self, path: &Path, offset: u64) -> Error {
+        match self {
+            FrameError::Bad(kind) => Error::corrupt(path, offset, kind),
+            FrameError::Io(e) => Error::io("read", path, e),
+        }
+    }
+}
+
+/// Decodes the frame header at `off` and checks it belongs there: its recorded offset, its
+/// log tag, and that the whole frame fits in the source.
+pub(crate) fn frame_at(src: &mut Source, off: u64, log_tag: u64) -> Result<Frame, FrameError> {
+    let available = src.len().saturating_sub(off);
+    if available < FRAME_HEADER_BYTES as u64 {
+        return Err(DecodeError::Truncated { needed: FRAME_HEADER_BYTES as u64, available }.into());
+    }
+    let f = decode_frame_header(src.get(off, FRAME_HEADER_BYTES)?)?;
+    if f.file_offset != off {
+        return Err(FrameError::Bad(CorruptionKind::MisplacedFrame { recorded: f.file_offset }));
+    }
+    if f.log_tag != log_tag {
+        return Err(FrameError::Bad(CorruptionKind::ForeignFrame));
+    }
+    if f.total_bytes() > available {
+        return Err(DecodeError::Truncated { needed: f.total_bytes(), available }.into());
+    }
+    Ok(f)
+}
+
+/// Reads the record header at `pos` inside a batch body ending at `body_end` and returns
+/// the payload length, bounded by the batch and by `max_payload`.
+fn record_len_at(src: &mut Source, pos: u64, body_end: u64, max_payload: u32) -> Result<u32, FrameError> {
+    if pos + RECORD_HEADER_BYTES as u64 > body_end {
+        return Err(DecodeError::Inconsistent("record header crosses the batch end").into());
+    }
+    let h = src.get(pos, RECORD_HEADER_BYTES)?;
+    let len = LE::read_u32(&h[4..8]);
+    if len > max_payload {
+        return Err(DecodeError::OutOfBounds {
+            field: "record payload_bytes",
+            value: len.into(),
+            max: max_payload.into(),
+        }
+        .into());
+    }
+    if pos + RECORD_HEADER_BYTES as u64 + u64::from(len) > body_end {
+        return Err(DecodeError::Inconsistent("record crosses the batch end").into());
+    }
+    Ok(len)
+}
+
+/// Verifies every record of the batch `f` at `off`: each CRC, each seq, that the records fill
+/// the body exactly, and that the padding is zero. Returns the offset of a bad record with
+/// the error.
+pub(crate) fn verify_batch(
+    src: &mut Source,
+    off: u64,
+    f: &Frame,
+    max_payload: u32,
+) -> Result<(), (u64, FrameError)> {
+    let mut pos = off + FRAME_HEADER_BYTES as u64;
+    let body_end = pos + u64::from(f.body_bytes);
+    for i in 0..u64::from(f.count) {
+        let len = record_len_at(src, pos, body_end, max_payload).map_err(|e| (pos, e))?;
+        let n = RECORD_HEADER_BYTES + len as usize;
+        let bytes = src.get(pos, n).map_err(|e| (pos, e.into()))?;
+        decode_record_header(bytes, f.seq + i, max_payload).map_err(|e| (pos, e.into()))?;
+        pos += n as u64;
+    }
+    if pos != body_end {
+        return Err((pos, DecodeError::Inconsistent("records do not fill the batch").into()));
+    }
+    let pad = (align_up(u64::from(f.body_bytes)) - u64::from(f.body_bytes)) as usize;
+    let padding = src.get(body_end, pad).map_err(|e| (body_end, e.into()))?;
+    if padding.iter().any(|&b| b != 0) {
+        return Err((body_end, DecodeError::ReservedNonZero.into()));
+    }
+    Ok(())
+}
+
+/// Finds record `seq` inside batch `f` at `off` and returns (payload offset, payload length)
+/// after verifying that record's CRC and seq. Records before it are skipped by their lengths,
+/// which are bounded by the batch; a wrong length ends in a CRC or seq mismatch, never in a
+/// wrong record.
+pub(crate) fn locate_record(
+    src: &mut Source,
+    off: u64,
+    f: &Frame,
+    seq: u64,
+    max_payload: u32,
+) -> Result<(u64, u32), (u64, FrameError)> {
+    debug_assert!(seq >= f.seq && seq < f.seq + u64::from(f.count));
+    let mut pos = off + FRAME_HEADER_BYTES as u64;
+    let body_end = pos + u64::from(f.body_bytes);
+    for _ in f.seq..seq {
+        let len = record_len_at(src, pos, body_end, max_payload).map_err(|e| (pos, e))?;
+        pos += RECORD_HEADER_BYTES as u64 + u64::from(len);
+    }
+    record_at(src, pos, body_end, seq, max_payload)
+}
+
+/// Verifies the record whose header is at `pos` (inside a batch body ending at `body_end`)
+/// and returns (payload offset, payload length).
+pub(crate) fn record_at(
+    src: &mut Source,
+    pos: u64,
+    body_end: u64,
+    seq: u64,
+    max_payload: u32,
+) -> Result<(u64, u32), (u64, FrameError)> {
+    let len = record_len_at(src, pos, body_end, max_payload).map_err(|e| (pos, e))?;
+    let bytes = src.get(pos, RECORD_HEADER_BYTES + len as usize).map_err(|e| (pos, e.into()))?;
+    decode_record_header(bytes, seq, max_payload).map_err(|e| (pos, e.into()))?;
+    Ok((pos + RECORD_HEADER_BYTES as u64, len))
+}
+
+/// Where and why a scan stopped.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The readable bytes ended exactly after the last valid frame.
+    EndOfData,
+    /// A seal frame at `at`: the segment is complete.
+    Sealed {
+        /// Offset of the seal frame.
+        at: u64,
+    },
+    /// An invalid frame (or record) at `at`.
+    Invalid {
+        /// Offset of the bad frame header (not of the bad record inside it).
+        at: u64,
+        /// What is wrong.
+        kind: CorruptionKind,
+    },
+}
+
+/// The result of walking a segment's frames from a trusted point.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    /// Offset just past the last valid batch or close frame: where the next frame goes.
+    pub end_offset: u64,
+    /// The seq after the last valid record.
+    pub next_seq: u64,
+    /// Index entries for the batches seen (added to those passed in).
+    pub index: SparseIndex,
+    /// Why the walk ended.
+    pub stop: Stop,
+}
+
+/// Walks and fully verifies frames from `start` (a trusted frame boundary whose next seq is
+/// `start_seq`), noting index entries, until the data ends, a seal frame, or the first invalid
+/// frame. `base` is the segment's base seq (to check the record counts of marker frames).
+pub(crate) fn scan(
+    src: &mut Source,
+    base: u64,
+    start: u64,
+    start_seq: u64,
+    log_tag: u64,
+    max_payload: u32,
+    interval: u64,
+    mut index: SparseIndex,
+) -> io::Result<Scan> {
+    let mut off = start;
+    let mut next_seq = start_seq;
+    let stop = loop {
+        if off == src.len() {
+            break Stop::EndOfData;
+        }
+        let f = match frame_at(src, off, log_tag) {
+            Ok(f) => f,
+            Err(FrameError::Io(e)) => return Err(e),
+            Err(FrameError::Bad(kind)) => break Stop::Invalid { at: off, kind },
+        };
+        if f.seq != next_seq {
+            let kind = CorruptionKind::SeqMismatch { expected: next_seq, found: f.seq };
+            break Stop::Invalid { at: off, kind };
+        }
+        match f.kind {
+            FrameKind::Batch => {
+                match verify_batch(src, off, &f, max_payload) {
+                    Ok(()) => {}
+                    Err((_, FrameError::Io(e))) => return Err(e),
+                    Err((_, FrameError::Bad(kind))) => break Stop::Invalid { at: off, kind },
+                }
+                index.note_batch(f.seq, off, interval);
+                next_seq += u64::from(f.count);
+                off += f.total_bytes();
+            }
+            FrameKind::Seal | FrameKind::Close => {
+                if u64::from(f.count) != next_seq - base {
+                    let kind = CorruptionKind::SeqMismatch {
+                        expected: next_seq - base,
+                        found: f.count.into(),
+                    };
+                    break Stop::Invalid { at: off, kind };
+                }
+                if f.kind == FrameKind::Seal {
+                    break Stop::Sealed { at: off };
+                }
+                off += f.total_bytes();
+            }
+        }
+    };
+    Ok(Scan { end_offset: off, next_seq, index, stop })
+}
+
+/// What lies after a bad frame at `bad_at`, found by probing every aligned offset.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TailSurvey {
+    /// Offset of a later valid frame written after `bad_at` was durable: proof that the bad
+    /// frame is damage to acknowledged data, not a torn write.
+    pub durable_proof: Option<u64>,
+    /// Records in the batch headers that still decode at or after `bad_at` (the events a cut
+    /// would drop, as far as they can be told).
+    pub events: u64,
+    /// One past the last non-zero byte at or after `bad_at` (`bad_at` if all are zero).
+    pub nonzero_end: u64,
+}
+
+/// Probes the bytes from `bad_at` to the end of the source (format-spec.md §7.2).
+pub(crate) fn survey_tail(src: &mut Source, bad_at: u64, log_tag: u64) -> io::Result<TailSurvey> {
+    let mut survey = TailSurvey { nonzero_end: bad_at, ..TailSurvey::default() };
+    let len = src.len();
+    let align = FRAME_ALIGN_BYTES as u64;
+    let mut pos = bad_at;
+    while pos < len {
+        let n = (len - pos).min(align) as usize;
+        if src.get(pos, n)?.iter().any(|&b| b != 0) {
+            survey.nonzero_end = pos + n as u64;
+        }
+        if pos % align == 0 && len - pos >= FRAME_HEADER_BYTES as u64 {
+            let recorded = LE::read_u64(&src.get(pos + 24, 8)?[..8]);
+            if recorded == pos {
+                if let Ok(f) = decode_frame_header(src.get(pos, FRAME_HEADER_BYTES)?) {
+                    if f.log_tag == log_tag {
+                        if f.kind == FrameKind::Batch {
+                            survey.events += u64::from(f.count);
+                        }
+                        if f.synced_through > bad_at && survey.durable_proof.is_none() {
+                            survey.durable_proof = Some(pos);
+                        }
+                    }
+                }
+            }
+        }
+        pos += n as u64;
+    }
+    Ok(survey)
+}
+
+/// Reads and validates a segment header from the start of `file`.
+pub(crate) fn read_header(file: &dyn StorageFile, path: &Path) -> Result<SegmentHeader> {
+    let mut buf = [0u8; SEGMENT_HEADER_BYTES];
+    let len = file.len().map_err(|e| Error::io("stat", path, e))?;
+    if len < SEGMENT_HEADER_BYTES as u64 {
+        let kind = DecodeError::Truncated { needed: SEGMENT_HEADER_BYTES as u64, available: len };
+        return Err(Error::corrupt(path, 0, kind));
+    }
+    file.read_exact_at(&mut buf, 0).map_err(|e| Error::io("read", path, e))?;
+    SegmentHeader::decode(&buf).map_err(|e| Error::corrupt(path, 0, e))
+}
+
+/// Creates the segment `base` durably: a temp file is created, preallocated, given its
+/// header and fsynced, renamed to its final name, and the directory is fsynced. Only then may
+/// a record in it be acknowledged (format-spec.md §6.2).
+///
+/// On failure the temp file is removed again (it never held a record) and the error says why;
+/// `Error::StorageFull` means nothing changed.
+pub(crate) fn create(
+    storage: &dyn Storage,
+    seg_dir: &Path,
+    log_id: [u8; 16],
+    base: u64,
+    segment_bytes: u64,
+    preallocate: bool,
+) -> Result<(PathBuf, Arc<dyn StorageFile>)> {
+    let path = seg_dir.join(names::segment_file_name(base));
+    let tmp = seg_dir.join(format!("{}{}", names::segment_file_name(base), names::TMP_SUFFIX));
+    if storage.exists(&tmp).map_err(|e| Error::io("stat", &tmp, e))? {
+        storage.remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
+    }
+    let file = storage.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io("create", &tmp, e))?;
+    let header = SegmentHeader { log_id, base_seq: base, created_unix_ms: now_unix_ms() };
+    let fill = (|| -> io::Result<()> {
+        if preallocate {
+            file.preallocate(segment_bytes)?;
+        }
+        file.write_all_at(&header.encode(), 0)?;
+        file.sync_data()
+    })();
+    if let Err(e) = fill {
+        drop(file);
+        // The temp file holds no record; removing it gives the space back.
+        let _ = storage.remove_file(&tmp);
+        return Err(Error::io("create segment", &tmp, e));
+    }
+    storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+    storage.sync_dir(seg_dir).map_err(|e| Error::io("sync dir", seg_dir, e))?;
+    Ok((path, Arc::from(file)))
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
