@@ -78,7 +78,12 @@ pub(crate) struct Committer {
 impl Committer {
     pub(crate) fn new(writer: WriterState) -> Self {
         let written = std::sync::atomic::AtomicU64::new(writer.next_seq);
-        Committer { state: Mutex::default(), cond: Condvar::new(), writer: Mutex::new(writer), written }
+        Committer {
+            state: Mutex::default(),
+            cond: Condvar::new(),
+            writer: Mutex::new(writer),
+            written,
+        }
     }
 
     fn lock_state(&self) -> MutexGuard<'_, CommitState> {
@@ -208,11 +213,11 @@ impl Inner {
             let count = p.batch.count();
             let bytes = p.batch.finalize(first, off, ws.synced_pos, self.log_tag);
             ws.buf.extend_from_slice(bytes);
-            ws.active
-                .index
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .note_batch(first, off, self.opts.index_interval_bytes);
+            ws.active.index.write().unwrap_or_else(|e| e.into_inner()).note_batch(
+                first,
+                off,
+                self.opts.index_interval_bytes,
+            );
             ws.next_seq += u64::from(count);
             done.push((p.tx, Appended { first, count }));
         }
@@ -327,7 +332,14 @@ impl Inner {
             end_seq: ws.next_seq,
         };
         let ix = old.index.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if index::store(self.storage.as_ref(), &old.path.with_file_name(crate::names::index_file_name(old.base)), &header, &ix).is_err() {
+        if index::store(
+            self.storage.as_ref(),
+            &old.path.with_file_name(crate::names::index_file_name(old.base)),
+            &header,
+            &ix,
+        )
+        .is_err()
+        {
             self.stats.index_write_failures.fetch_add(1, Ordering::Relaxed);
         }
         let seg = Arc::new(Segment::new(base, path, file));
@@ -382,7 +394,8 @@ impl Inner {
         };
         let ix = ws.active.index.read().unwrap_or_else(|e| e.into_inner()).clone();
         let path = ws.active.path.with_file_name(crate::names::index_file_name(ws.active.base));
-        index::store(self.storage.as_ref(), &path, &header, &ix).map_err(|e| Error::io("write index", &path, e))
+        index::store(self.storage.as_ref(), &path, &header, &ix)
+            .map_err(|e| Error::io("write index", &path, e))
     }
 }
 

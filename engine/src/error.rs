@@ -71,7 +71,9 @@ pub enum Error {
         max: u64,
     },
     /// A batch does not fit in one segment, or has too many records.
-    #[error("batch of {records} records / {bytes} bytes exceeds the limit of {max_records} / {max_bytes}")]
+    #[error(
+        "batch of {records} records / {bytes} bytes exceeds the limit of {max_records} / {max_bytes}"
+    )]
     BatchTooLarge {
         /// Records in the batch.
         records: u64,
@@ -153,7 +155,9 @@ pub enum CorruptionKind {
     },
     /// A sealed (non-last) segment has no valid seal frame and its records do not end where
     /// the next segment begins.
-    #[error("sealed segment is incomplete: records end at seq {end}, next segment starts at {next}")]
+    #[error(
+        "sealed segment is incomplete: records end at seq {end}, next segment starts at {next}"
+    )]
     IncompleteSegment {
         /// One past the last valid record.
         end: u64,
@@ -166,14 +170,20 @@ impl Error {
     /// Wraps an I/O error, mapping "no space" to [`Error::StorageFull`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
-        if source.kind() == io::ErrorKind::StorageFull || source.kind() == io::ErrorKind::QuotaExceeded {
+        if source.kind() == io::ErrorKind::StorageFull
+            || source.kind() == io::ErrorKind::QuotaExceeded
+        {
             return Error::StorageFull { op, path };
         }
         Error::Io { op, path, source: Arc::new(source) }
     }
 
     /// A corruption error at `file`/`offset`.
-    pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, kind: impl Into<CorruptionKind>) -> Self {
+    pub(crate) fn corrupt(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        kind: impl Into<CorruptionKind>,
+    ) -> Self {
         Error::Corrupt { file: file.into(), offset, kind: kind.into() }
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::format::{IndexEntry, IndexHeader, decode_index, encode_index};
 use crate::fs::{OpenMode, Storage, write_atomic};
-use crate::limits::{INDEX_ENTRIES_MAX, INDEX_HEADER_BYTES, INDEX_ENTRY_BYTES};
+use crate::limits::{INDEX_ENTRIES_MAX, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 
 /// The in-memory sparse index of one segment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +47,6 @@ impl SparseIndex {
     pub(crate) fn entries(&self) -> &[IndexEntry] {
         &self.entries
     }
-
 }
 
 /// Why an index file was not used.
@@ -77,7 +76,8 @@ pub(crate) fn load(
     };
     let len = file.len().map_err(|e| IndexProblem::Damaged(e.to_string()))?;
     // Bound the read before allocating: an index never holds more entries than the limit.
-    let max_len = INDEX_HEADER_BYTES as u64 + u64::from(INDEX_ENTRIES_MAX) * INDEX_ENTRY_BYTES as u64;
+    let max_len =
+        INDEX_HEADER_BYTES as u64 + u64::from(INDEX_ENTRIES_MAX) * INDEX_ENTRY_BYTES as u64;
     if len > max_len {
         return Err(IndexProblem::Damaged(format!("index file of {len} bytes is over the limit")));
     }

@@ -44,7 +44,7 @@ pub const INDEX_ENTRIES_MAX: u32 = 1 << 22;
 /// open rather than exhausting memory or descriptors (RELIABILITY.md §3.8).
 pub const SEGMENTS_MAX: usize = 1 << 20;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
-const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
-const _: () = assert!(RECORD_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN as usize > SEGMENT_HEADER_BYTES + 2 * FRAME_HEADER_BYTES);

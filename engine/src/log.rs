@@ -11,10 +11,10 @@ use bytes::Bytes;
 
 use crate::commit::{Committer, WriterState};
 use crate::error::{CorruptionKind, Error, Result};
-use crate::format::{FrameKind, IndexEntry, IndexHeader, PreparedBatch, log_tag};
-use crate::fs::{LockGuard, OpenMode, Storage, StdFs, StorageFile};
+use crate::format::{Frame, FrameKind, IndexEntry, IndexHeader, PreparedBatch, log_tag};
+use crate::fs::{LockGuard, OpenMode, StdFs, Storage, StorageFile};
 use crate::index::{self, SparseIndex};
-use crate::limits::{BATCH_RECORDS_MAX, FRAME_HEADER_BYTES, SEGMENTS_MAX, SEGMENT_HEADER_BYTES};
+use crate::limits::{BATCH_RECORDS_MAX, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENTS_MAX};
 use crate::names::{self, SegmentDirEntry};
 use crate::options::{Durability, Options};
 use crate::segment::{self, Scan, Source, Stop};
@@ -126,10 +126,10 @@ impl Segment {
     pub(crate) fn source(&self) -> Source {
         if let Some(s) = self.sealed.get() {
             let map = s.map.get_or_init(|| self.file.map().ok().flatten().map(Arc::new));
-            if let Some(m) = map {
-                if m.len() as u64 == s.seal_at + FRAME_HEADER_BYTES as u64 {
-                    return Source::Mapped(Arc::clone(m));
-                }
+            if let Some(m) = map
+                && m.len() as u64 == s.seal_at + FRAME_HEADER_BYTES as u64
+            {
+                return Source::Mapped(Arc::clone(m));
             }
             return Source::file(Arc::clone(&self.file), s.seal_at + FRAME_HEADER_BYTES as u64);
         }
@@ -184,7 +184,11 @@ impl Log {
     /// Takes the directory's lock first (a second open gets [`Error::Locked`] and touches no
     /// other file), then recovers as format-spec.md §7 describes: a torn tail is cut and
     /// reported in [`Log::recovery_report`]; damage to data that was durable is an error.
-    pub fn open_with(storage: Arc<dyn Storage>, dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: Options,
+    ) -> Result<Log> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
         storage.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
@@ -336,7 +340,9 @@ impl Inner {
     /// rebuilt from the segment when the file is missing, damaged or foreign (and then
     /// rewritten, best effort: it is a cache).
     fn ensure_index(&self, seg: &Segment) -> Result<()> {
-        let Some(sealed) = seg.sealed.get() else { return Ok(()) };
+        let Some(sealed) = seg.sealed.get() else {
+            return Ok(());
+        };
         if seg.index_loaded.get().is_some() {
             return Ok(());
         }
@@ -357,22 +363,21 @@ impl Inner {
     fn rebuild_index(&self, seg: &Segment, sealed: &Sealed) -> Result<SparseIndex> {
         self.stats.index_rebuilds.fetch_add(1, Ordering::Relaxed);
         let mut src = seg.source();
-        let scan = segment::scan(
-            &mut src,
-            seg.base,
-            SEGMENT_HEADER_BYTES as u64,
-            seg.base,
-            self.log_tag,
-            self.opts.max_record_bytes,
-            self.opts.index_interval_bytes,
-            SparseIndex::default(),
-        )
-        .map_err(|e| Error::io("read", &seg.path, e))?;
+        let params = segment::ScanParams {
+            base: seg.base,
+            log_tag: self.log_tag,
+            max_payload: self.opts.max_record_bytes,
+            interval: self.opts.index_interval_bytes,
+        };
+        let start = SEGMENT_HEADER_BYTES as u64;
+        let scan = segment::scan(&mut src, params, start, seg.base, SparseIndex::default())
+            .map_err(|e| Error::io("read", &seg.path, e))?;
         match scan.stop {
             Stop::Sealed { at } if at == sealed.seal_at && scan.next_seq == sealed.next_seq => {}
             Stop::Invalid { at, kind } => return Err(Error::corrupt(&seg.path, at, kind)),
             _ => {
-                let kind = CorruptionKind::IncompleteSegment { end: scan.next_seq, next: sealed.next_seq };
+                let kind =
+                    CorruptionKind::IncompleteSegment { end: scan.next_seq, next: sealed.next_seq };
                 return Err(Error::corrupt(&seg.path, scan.end_offset, kind));
             }
         }
@@ -391,10 +396,27 @@ impl Inner {
     /// Positions a reader at the batch holding `seq`: returns the frame offset and the seq
     /// of the batch's first record, starting from the sparse index and validating the entry
     /// against the frame it points to.
-    fn seek(&self, seg: &Segment, src: &mut Source, seq: u64) -> Result<(u64, crate::format::Frame)> {
+    fn seek(&self, seg: &Segment, src: &mut Source, seq: u64) -> Result<(u64, Frame)> {
+        match self.seek_once(seg, src, seq) {
+            Err(Error::Corrupt { file, .. })
+                if file == seg.index_path() && seg.sealed.get().is_some() =>
+            {
+                // The index file passed its own checks but points at the wrong frame (stale,
+                // or from another segment): it is a cache, so rebuild it and try again.
+                let sealed = seg.sealed.get().ok_or(Error::Closed)?;
+                let ix = self.rebuild_index(seg, sealed)?;
+                *seg.index.write().unwrap_or_else(|e| e.into_inner()) = ix;
+                self.seek_once(seg, src, seq)
+            }
+            other => other,
+        }
+    }
+
+    fn seek_once(&self, seg: &Segment, src: &mut Source, seq: u64) -> Result<(u64, Frame)> {
         self.ensure_index(seg)?;
         let entry = seg.index.read().unwrap_or_else(|e| e.into_inner()).floor(seq);
-        let start = entry.unwrap_or(IndexEntry { seq: seg.base, offset: SEGMENT_HEADER_BYTES as u64 });
+        let start =
+            entry.unwrap_or(IndexEntry { seq: seg.base, offset: SEGMENT_HEADER_BYTES as u64 });
         let mut off = start.offset;
         let mut first = true;
         loop {
@@ -429,7 +451,7 @@ struct Pos {
     src: Source,
     /// Offset of the current batch's frame header.
     frame_off: u64,
-    frame: crate::format::Frame,
+    frame: Frame,
     /// Offset of the next record inside the batch.
     rec_off: u64,
 }
@@ -466,14 +488,19 @@ impl Cursor {
         let max = self.inner.opts.max_record_bytes;
         let need_seek = match &self.pos {
             None => true,
-            Some(p) => p.frame.seq + u64::from(p.frame.count) <= self.next && {
-                // Past this batch: stay in the segment if the next frame is here.
-                p.seg.sealed.get().is_some_and(|s| self.next >= s.next_seq)
-            },
+            Some(p) => {
+                p.frame.seq + u64::from(p.frame.count) <= self.next && {
+                    // Past this batch: stay in the segment if the next frame is here.
+                    p.seg.sealed.get().is_some_and(|s| self.next >= s.next_seq)
+                }
+            }
         };
         if need_seek {
             let seq = self.next;
-            let seg = self.inner.segment_for(seq).ok_or(Error::MissingSegments { from: seq, to: seq + 1 })?;
+            let seg = self
+                .inner
+                .segment_for(seq)
+                .ok_or(Error::MissingSegments { from: seq, to: seq + 1 })?;
             let mut src = seg.source();
             let (frame_off, frame) = self.inner.seek(&seg, &mut src, seq)?;
             let (rec_off, _) = segment::locate_record(&mut src, frame_off, &frame, seq, max)
@@ -481,26 +508,38 @@ impl Cursor {
             let rec_off = rec_off - crate::limits::RECORD_HEADER_BYTES as u64;
             self.pos = Some(Pos { seg, src, frame_off, frame, rec_off });
         }
-        let Some(p) = self.pos.as_mut() else { return Ok(None) };
-        if p.seg.sealed.get().is_none() {
-            p.src.extend_to(p.seg.readable_end.load(Ordering::Acquire));
-        }
+        let Some(p) = self.pos.as_mut() else {
+            return Ok(None);
+        };
+        // The active segment grows (and is cut to size when sealed): read up to what is
+        // readable now.
+        p.src.extend_to(p.seg.readable_end.load(Ordering::Acquire));
         // Move to the next batch in this segment if the current one is finished.
         while p.frame.seq + u64::from(p.frame.count) <= self.next {
             let off = p.frame_off + p.frame.total_bytes();
-            let f = segment::frame_at(&mut p.src, off, self.inner.log_tag).map_err(|e| e.at(&p.seg.path, off))?;
-            if f.kind == FrameKind::Seal || (f.kind == FrameKind::Batch && f.seq != self.next) {
+            let f = segment::frame_at(&mut p.src, off, self.inner.log_tag)
+                .map_err(|e| e.at(&p.seg.path, off))?;
+            if f.kind == FrameKind::Seal || f.seq != self.next {
                 let kind = CorruptionKind::SeqMismatch { expected: self.next, found: f.seq };
                 return Err(Error::corrupt(&p.seg.path, off, kind));
             }
             p.frame_off = off;
-            p.frame = f;
             p.rec_off = off + FRAME_HEADER_BYTES as u64;
+            p.frame = if f.kind == FrameKind::Close {
+                // A close frame holds no records: step over it.
+                Frame { count: 0, ..f }
+            } else {
+                f
+            };
         }
         let body_end = p.frame_off + FRAME_HEADER_BYTES as u64 + u64::from(p.frame.body_bytes);
-        let (payload_off, len) = segment::record_at(&mut p.src, p.rec_off, body_end, self.next, max)
-            .map_err(|(o, e)| e.at(&p.seg.path, o))?;
-        let payload = p.src.bytes(payload_off, len as usize).map_err(|e| Error::io("read", &p.seg.path, e))?;
+        let (payload_off, len) =
+            segment::record_at(&mut p.src, p.rec_off, body_end, self.next, max)
+                .map_err(|(o, e)| e.at(&p.seg.path, o))?;
+        let payload = p
+            .src
+            .bytes(payload_off, len as usize)
+            .map_err(|e| Error::io("read", &p.seg.path, e))?;
         p.rec_off = payload_off + u64::from(len);
         let rec = Record { seq: self.next, payload };
         self.next += 1;
@@ -579,8 +618,9 @@ fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Reco
     let mut log_id = None;
     for &base in &bases {
         let path = seg_dir.join(names::segment_file_name(base));
-        let file: Arc<dyn StorageFile> =
-            Arc::from(storage.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("open", &path, e))?);
+        let file: Arc<dyn StorageFile> = Arc::from(
+            storage.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("open", &path, e))?,
+        );
         let header = segment::read_header(file.as_ref(), &path)?;
         let id = *log_id.get_or_insert(header.log_id);
         if header.log_id != id {
@@ -595,10 +635,10 @@ fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Reco
     }
     let log_id = log_id.unwrap_or_default();
     let tag = log_tag(&log_id);
-    if let Some(first) = found.first() {
-        if first.base != 0 {
-            return Err(Error::MissingSegments { from: 0, to: first.base });
-        }
+    if let Some(first) = found.first()
+        && first.base != 0
+    {
+        return Err(Error::MissingSegments { from: 0, to: first.base });
     }
 
     let mut segments = Vec::with_capacity(found.len());
@@ -628,9 +668,15 @@ fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Reco
     Ok(Recovered { log_id, segments, writer, report })
 }
 
-fn create_fresh(storage: &dyn Storage, seg_dir: &Path, opts: &Options, mut report: RecoveryReport) -> Result<Recovered> {
+fn create_fresh(
+    storage: &dyn Storage,
+    seg_dir: &Path,
+    opts: &Options,
+    mut report: RecoveryReport,
+) -> Result<Recovered> {
     let log_id = *uuid::Uuid::new_v4().as_bytes();
-    let (path, file) = segment::create(storage, seg_dir, log_id, 0, opts.segment_bytes, opts.preallocate)?;
+    let (path, file) =
+        segment::create(storage, seg_dir, log_id, 0, opts.segment_bytes, opts.preallocate)?;
     let seg = Arc::new(Segment::new(0, path, file));
     let _ = seg.index_loaded.set(());
     report.clean = true;
@@ -650,14 +696,14 @@ fn recover_sealed(
     report: &mut RecoveryReport,
 ) -> Result<(u64, u64)> {
     let mut src = Source::file(Arc::clone(&f.file), f.len);
-    if let Some(at) = f.len.checked_sub(FRAME_HEADER_BYTES as u64) {
-        if at >= SEGMENT_HEADER_BYTES as u64 {
-            if let Ok(frame) = segment::frame_at(&mut src, at, tag) {
-                if frame.kind == FrameKind::Seal && frame.seq >= f.base && u64::from(frame.count) == frame.seq - f.base {
-                    return Ok((at, frame.seq));
-                }
-            }
-        }
+    if let Some(at) = f.len.checked_sub(FRAME_HEADER_BYTES as u64)
+        && at >= SEGMENT_HEADER_BYTES as u64
+        && let Ok(frame) = segment::frame_at(&mut src, at, tag)
+        && frame.kind == FrameKind::Seal
+        && frame.seq >= f.base
+        && u64::from(frame.count) == frame.seq - f.base
+    {
+        return Ok((at, frame.seq));
     }
     // No trustworthy seal at the end of the file: walk the records.
     let scan = scan_from_start(&mut src, f.base, tag, opts)?;
@@ -665,13 +711,16 @@ fn recover_sealed(
     match scan.stop {
         Stop::Sealed { at } => {
             // A seal followed by leftover preallocated space: cut the space (no records).
-            f.file.set_len(at + FRAME_HEADER_BYTES as u64).map_err(|e| Error::io("truncate", &f.path, e))?;
+            f.file
+                .set_len(at + FRAME_HEADER_BYTES as u64)
+                .map_err(|e| Error::io("truncate", &f.path, e))?;
             f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
             Ok((at, scan.next_seq))
         }
         Stop::EndOfData | Stop::Invalid { .. } => {
             if let Stop::Invalid { at, kind } = &scan.stop {
-                let survey = segment::survey_tail(&mut src, *at, tag).map_err(|e| Error::io("read", &f.path, e))?;
+                let survey = segment::survey_tail(&mut src, *at, tag)
+                    .map_err(|e| Error::io("read", &f.path, e))?;
                 if let Some(valid_at) = survey.durable_proof {
                     let kind = CorruptionKind::MidLog { valid_at, cause: Box::new(kind.clone()) };
                     return Err(Error::corrupt(&f.path, *at, kind));
@@ -681,7 +730,8 @@ fn recover_sealed(
                 }
             }
             if scan.next_seq != next_base {
-                let kind = CorruptionKind::IncompleteSegment { end: scan.next_seq, next: next_base };
+                let kind =
+                    CorruptionKind::IncompleteSegment { end: scan.next_seq, next: next_base };
                 return Err(Error::corrupt(&f.path, scan.end_offset, kind));
             }
             // Interrupted roll: every record is here; only the seal is missing or torn.
@@ -705,24 +755,26 @@ fn recover_sealed(
 }
 
 fn scan_from_start(src: &mut Source, base: u64, tag: u64, opts: &Options) -> Result<Scan> {
-    segment::scan(
-        src,
+    let params = segment::ScanParams {
         base,
-        SEGMENT_HEADER_BYTES as u64,
-        base,
-        tag,
-        opts.max_record_bytes,
-        opts.index_interval_bytes,
-        SparseIndex::default(),
-    )
-    .map_err(|e| Error::io("read", "segment", e))
+        log_tag: tag,
+        max_payload: opts.max_record_bytes,
+        interval: opts.index_interval_bytes,
+    };
+    segment::scan(src, params, SEGMENT_HEADER_BYTES as u64, base, SparseIndex::default())
+        .map_err(|e| Error::io("read", "segment", e))
 }
 
 /// Copies the bytes from `at` to the last non-zero byte aside (if any), then truncates the
 /// file to `at` and syncs it. Returns where the bytes went. Cut bytes were never durable
 /// parts of the log (format-spec.md §7), but they are a user's bytes all the same: they are
 /// moved aside, never just dropped.
-fn cut_tail(storage: &dyn Storage, f: &Found, at: u64, survey: &segment::TailSurvey) -> Result<Option<PathBuf>> {
+fn cut_tail(
+    storage: &dyn Storage,
+    f: &Found,
+    at: u64,
+    survey: &segment::TailSurvey,
+) -> Result<Option<PathBuf>> {
     let mut moved = None;
     if survey.nonzero_end > at {
         let n = survey.nonzero_end - at;
@@ -736,7 +788,9 @@ fn cut_tail(storage: &dyn Storage, f: &Found, at: u64, survey: &segment::TailSur
             target = dir.join(format!("{}.{k}", names::broken_tail_name(f.base, at)));
             k += 1;
         }
-        let out = storage.open(&target, OpenMode::CreateNew).map_err(|e| Error::io("create", &target, e))?;
+        let out = storage
+            .open(&target, OpenMode::CreateNew)
+            .map_err(|e| Error::io("create", &target, e))?;
         out.write_all_at(&buf, 0).map_err(|e| Error::io("write", &target, e))?;
         out.sync_data().map_err(|e| Error::io("sync", &target, e))?;
         storage.sync_dir(dir).map_err(|e| Error::io("sync dir", dir, e))?;
@@ -765,7 +819,9 @@ fn recover_active(
     let mut from_index = false;
     if let Ok((h, ix)) = index::load(storage, &seg.index_path(), log_id, f.base, f.len) {
         let close_ok = segment::frame_at(&mut src, h.end_offset, tag).is_ok_and(|c| {
-            c.kind == FrameKind::Close && c.seq == h.end_seq && u64::from(c.count) == h.end_seq - f.base
+            c.kind == FrameKind::Close
+                && c.seq == h.end_seq
+                && u64::from(c.count) == h.end_seq - f.base
         });
         if close_ok {
             start = (h.end_offset, h.end_seq, ix);
@@ -773,17 +829,14 @@ fn recover_active(
         }
     }
     let (start_off, start_seq, ix) = start;
-    let scan = segment::scan(
-        &mut src,
-        f.base,
-        start_off,
-        start_seq,
-        tag,
-        opts.max_record_bytes,
-        opts.index_interval_bytes,
-        ix,
-    )
-    .map_err(|e| Error::io("read", &f.path, e))?;
+    let params = segment::ScanParams {
+        base: f.base,
+        log_tag: tag,
+        max_payload: opts.max_record_bytes,
+        interval: opts.index_interval_bytes,
+    };
+    let scan = segment::scan(&mut src, params, start_off, start_seq, ix)
+        .map_err(|e| Error::io("read", &f.path, e))?;
     // The close frame the index points to is checked, not scanned.
     let skipped = if from_index { FRAME_HEADER_BYTES as u64 } else { 0 };
     report.scanned_bytes += scan.end_offset.saturating_sub(start_off + skipped);
@@ -798,7 +851,8 @@ fn recover_active(
             return Err(Error::corrupt(&f.path, *at, kind));
         }
         Stop::Invalid { at, kind } => {
-            let survey = segment::survey_tail(&mut src, *at, tag).map_err(|e| Error::io("read", &f.path, e))?;
+            let survey = segment::survey_tail(&mut src, *at, tag)
+                .map_err(|e| Error::io("read", &f.path, e))?;
             if let Some(valid_at) = survey.durable_proof {
                 let kind = CorruptionKind::MidLog { valid_at, cause: Box::new(kind.clone()) };
                 return Err(Error::corrupt(&f.path, *at, kind));

@@ -59,10 +59,10 @@ pub fn parse_segment_dir_entry(name: &str) -> SegmentDirEntry {
     if name.ends_with(TMP_SUFFIX) && parse_base(name.trim_end_matches(TMP_SUFFIX)).is_some() {
         return SegmentDirEntry::Temp;
     }
-    if let Some((stem, _)) = name.split_once(&format!(".{SEGMENT_EXT}.{BROKEN_MARK}-")) {
-        if parse_digits(stem).is_some() {
-            return SegmentDirEntry::Broken;
-        }
+    if let Some((stem, _)) = name.split_once(&format!(".{SEGMENT_EXT}.{BROKEN_MARK}-"))
+        && parse_digits(stem).is_some()
+    {
+        return SegmentDirEntry::Broken;
     }
     match parse_base(name) {
         Some((base, true)) => SegmentDirEntry::Segment(base),
@@ -99,9 +99,15 @@ mod tests {
             let s = segment_file_name(base);
             assert_eq!(s.len(), 24);
             assert_eq!(parse_segment_dir_entry(&s), SegmentDirEntry::Segment(base));
-            assert_eq!(parse_segment_dir_entry(&index_file_name(base)), SegmentDirEntry::Index(base));
+            assert_eq!(
+                parse_segment_dir_entry(&index_file_name(base)),
+                SegmentDirEntry::Index(base)
+            );
             assert_eq!(parse_segment_dir_entry(&format!("{s}.tmp")), SegmentDirEntry::Temp);
-            assert_eq!(parse_segment_dir_entry(&broken_tail_name(base, 7)), SegmentDirEntry::Broken);
+            assert_eq!(
+                parse_segment_dir_entry(&broken_tail_name(base, 7)),
+                SegmentDirEntry::Broken
+            );
         }
         for name in ["0.seg", "+0000000000000000001.seg", "99999999999999999999.seg", "x", ""] {
             assert_eq!(parse_segment_dir_entry(name), SegmentDirEntry::Foreign, "{name}");

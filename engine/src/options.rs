@@ -75,7 +75,7 @@ impl Options {
                 self.segment_bytes
             )));
         }
-        if self.segment_bytes % 8 != 0 {
+        if !self.segment_bytes.is_multiple_of(8) {
             return Err(Error::InvalidOptions("segment_bytes must be a multiple of 8".into()));
         }
         if self.max_record_bytes > RECORD_BODY_BYTES_MAX {
@@ -95,10 +95,10 @@ impl Options {
         if self.index_interval_bytes == 0 {
             return Err(Error::InvalidOptions("index_interval_bytes must be positive".into()));
         }
-        if let Durability::Batched { max_delay, .. } = self.durability {
-            if max_delay.is_zero() {
-                return Err(Error::InvalidOptions("Batched max_delay must be positive".into()));
-            }
+        if let Durability::Batched { max_delay, .. } = self.durability
+            && max_delay.is_zero()
+        {
+            return Err(Error::InvalidOptions("Batched max_delay must be positive".into()));
         }
         Ok(())
     }

@@ -16,11 +16,17 @@ use crate::format::{
 };
 use crate::fs::{OpenMode, Storage, StorageFile};
 use crate::index::SparseIndex;
-use crate::limits::{FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::limits::{
+    FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use crate::names;
 
-/// Bytes read at a time when a segment is read through `read_at` rather than a map.
-const READ_WINDOW_BYTES: usize = 256 << 10;
+/// First read size of a source that reads through `read_at` rather than a map: a point read
+/// needs about one index interval.
+const READ_WINDOW_MIN_BYTES: usize = 8 << 10;
+
+/// Largest read size: sequential scans double the window up to this.
+const READ_WINDOW_MAX_BYTES: usize = 256 << 10;
 
 /// Random access to a segment's bytes: a memory map of a sealed segment, or positioned reads
 /// through a window buffer.
@@ -70,22 +76,22 @@ impl Source {
             return Err(io::ErrorKind::UnexpectedEof.into());
         };
         match self {
-            Source::Mapped(m) => m
-                .get(off as usize..end as usize)
-                .ok_or_else(|| io::ErrorKind::UnexpectedEof.into()),
+            Source::Mapped(m) => {
+                m.get(off as usize..end as usize).ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+            }
             Source::File { file, len, window, window_off } => {
                 let have = off >= *window_off && end <= *window_off + window.len() as u64;
                 if !have {
-                    let want = (n.max(READ_WINDOW_BYTES) as u64).min(*len - off) as usize;
+                    let grown =
+                        (window.len() * 2).clamp(READ_WINDOW_MIN_BYTES, READ_WINDOW_MAX_BYTES);
+                    let want = (n.max(grown) as u64).min(*len - off) as usize;
                     window.clear();
                     window.resize(want, 0);
                     file.read_exact_at(window, off)?;
                     *window_off = off;
                 }
                 let start = (off - *window_off) as usize;
-                window
-                    .get(start..start + n)
-                    .ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+                window.get(start..start + n).ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
             }
         }
     }
@@ -168,7 +174,12 @@ pub(crate) fn frame_at(src: &mut Source, off: u64, log_tag: u64) -> Result<Frame
 
 /// Reads the record header at `pos` inside a batch body ending at `body_end` and returns
 /// the payload length, bounded by the batch and by `max_payload`.
-fn record_len_at(src: &mut Source, pos: u64, body_end: u64, max_payload: u32) -> Result<u32, FrameError> {
+fn record_len_at(
+    src: &mut Source,
+    pos: u64,
+    body_end: u64,
+    max_payload: u32,
+) -> Result<u32, FrameError> {
     if pos + RECORD_HEADER_BYTES as u64 > body_end {
         return Err(DecodeError::Inconsistent("record header crosses the batch end").into());
     }
@@ -285,19 +296,30 @@ pub(crate) struct Scan {
     pub stop: Stop,
 }
 
+/// The fixed facts a scan checks frames against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanParams {
+    /// The segment's base seq (to check the record counts of marker frames).
+    pub base: u64,
+    /// The store's log tag.
+    pub log_tag: u64,
+    /// The largest payload believed.
+    pub max_payload: u32,
+    /// Bytes between index entries.
+    pub interval: u64,
+}
+
 /// Walks and fully verifies frames from `start` (a trusted frame boundary whose next seq is
 /// `start_seq`), noting index entries, until the data ends, a seal frame, or the first invalid
-/// frame. `base` is the segment's base seq (to check the record counts of marker frames).
+/// frame.
 pub(crate) fn scan(
     src: &mut Source,
-    base: u64,
+    params: ScanParams,
     start: u64,
     start_seq: u64,
-    log_tag: u64,
-    max_payload: u32,
-    interval: u64,
     mut index: SparseIndex,
 ) -> io::Result<Scan> {
+    let ScanParams { base, log_tag, max_payload, interval } = params;
     let mut off = start;
     let mut next_seq = start_seq;
     let stop = loop {
@@ -366,19 +388,18 @@ pub(crate) fn survey_tail(src: &mut Source, bad_at: u64, log_tag: u64) -> io::Re
         if src.get(pos, n)?.iter().any(|&b| b != 0) {
             survey.nonzero_end = pos + n as u64;
         }
-        if pos % align == 0 && len - pos >= FRAME_HEADER_BYTES as u64 {
-            let recorded = LE::read_u64(&src.get(pos + 24, 8)?[..8]);
-            if recorded == pos {
-                if let Ok(f) = decode_frame_header(src.get(pos, FRAME_HEADER_BYTES)?) {
-                    if f.log_tag == log_tag {
-                        if f.kind == FrameKind::Batch {
-                            survey.events += u64::from(f.count);
-                        }
-                        if f.synced_through > bad_at && survey.durable_proof.is_none() {
-                            survey.durable_proof = Some(pos);
-                        }
-                    }
-                }
+        let candidate = pos.is_multiple_of(align)
+            && len - pos >= FRAME_HEADER_BYTES as u64
+            && LE::read_u64(src.get(pos + 24, 8)?) == pos;
+        if candidate
+            && let Ok(f) = decode_frame_header(src.get(pos, FRAME_HEADER_BYTES)?)
+            && f.log_tag == log_tag
+        {
+            if f.kind == FrameKind::Batch {
+                survey.events += u64::from(f.count);
+            }
+            if f.synced_through > bad_at && survey.durable_proof.is_none() {
+                survey.durable_proof = Some(pos);
             }
         }
         pos += n as u64;

@@ -102,10 +102,7 @@ pub fn align_up(n: u64) -> u64 {
 
 /// Bytes a batch of records with these payload sizes occupies, padding included.
 pub fn batch_frame_bytes<I: IntoIterator<Item = usize>>(payload_lens: I) -> u64 {
-    let body: u64 = payload_lens
-        .into_iter()
-        .map(|n| RECORD_HEADER_BYTES as u64 + n as u64)
-        .sum();
+    let body: u64 = payload_lens.into_iter().map(|n| RECORD_HEADER_BYTES as u64 + n as u64).sum();
     FRAME_HEADER_BYTES as u64 + align_up(body)
 }
 
@@ -148,7 +145,9 @@ pub fn decode_frame_header(buf: &[u8]) -> Result<Frame, DecodeError> {
             }
             let min_body = u64::from(frame.count) * RECORD_HEADER_BYTES as u64;
             if u64::from(frame.body_bytes) < min_body {
-                return Err(DecodeError::Inconsistent("batch body smaller than its record headers"));
+                return Err(DecodeError::Inconsistent(
+                    "batch body smaller than its record headers",
+                ));
             }
             if frame.seq.checked_add(u64::from(frame.count)).is_none() {
                 return Err(DecodeError::Inconsistent("batch seq range overflows"));
@@ -213,10 +212,9 @@ pub fn decode_record_header(
         });
     }
     let end = RECORD_HEADER_BYTES + header.payload_bytes as usize;
-    let payload = buf.get(RECORD_HEADER_BYTES..end).ok_or(DecodeError::Truncated {
-        needed: end as u64,
-        available: buf.len() as u64,
-    })?;
+    let payload = buf
+        .get(RECORD_HEADER_BYTES..end)
+        .ok_or(DecodeError::Truncated { needed: end as u64, available: buf.len() as u64 })?;
     let computed = record_crc(header.payload_bytes, header.seq, payload);
     if computed != header.crc {
         return Err(DecodeError::ChecksumMismatch { stored: header.crc, computed });
@@ -240,7 +238,9 @@ pub fn encode_batch<P: AsRef<[u8]>>(
 ) {
     assert!(!payloads.is_empty() && payloads.len() <= BATCH_RECORDS_MAX as usize);
     let body: usize = payloads.iter().map(|p| RECORD_HEADER_BYTES + p.as_ref().len()).sum();
-    let body_bytes = u32::try_from(body).expect("batch body checked against segment size");
+    // Callers bound batches by the segment size, which is far below 4 GiB of body.
+    assert!(u32::try_from(body).is_ok(), "batch body exceeds u32");
+    let body_bytes = body as u32;
     let frame = Frame {
         kind: FrameKind::Batch,
         body_bytes,
@@ -255,7 +255,8 @@ pub fn encode_batch<P: AsRef<[u8]>>(
     out.extend_from_slice(&frame.encode_header());
     for (i, p) in payloads.iter().enumerate() {
         let p = p.as_ref();
-        let len = u32::try_from(p.len()).expect("payload checked against RECORD_BODY_BYTES_MAX");
+        assert!(p.len() <= RECORD_BODY_BYTES_MAX as usize, "payload over RECORD_BODY_BYTES_MAX");
+        let len = p.len() as u32;
         let seq = first_seq + i as u64;
         let mut h = [0u8; RECORD_HEADER_BYTES];
         LE::write_u32(&mut h[REC_OFF_CRC..REC_OFF_LEN], record_crc(len, seq, p));
@@ -287,7 +288,11 @@ impl PreparedBatch {
         let mut payload_crcs = Vec::with_capacity(payloads.len());
         for p in payloads {
             let p = p.as_ref();
-            let len = u32::try_from(p.len()).expect("payload checked against RECORD_BODY_BYTES_MAX");
+            assert!(
+                p.len() <= RECORD_BODY_BYTES_MAX as usize,
+                "payload over RECORD_BODY_BYTES_MAX"
+            );
+            let len = p.len() as u32;
             let mut h = [0u8; RECORD_HEADER_BYTES];
             LE::write_u32(&mut h[REC_OFF_LEN..REC_OFF_SEQ], len);
             buf.extend_from_slice(&h);
@@ -310,7 +315,13 @@ impl PreparedBatch {
 
     /// Fills in the seqs, position, durability watermark and log tag, and returns the frame
     /// bytes, ready to be written at `file_offset`.
-    pub fn finalize(&mut self, first_seq: u64, file_offset: u64, synced_through: u64, log_tag: u64) -> &[u8] {
+    pub fn finalize(
+        &mut self,
+        first_seq: u64,
+        file_offset: u64,
+        synced_through: u64,
+        log_tag: u64,
+    ) -> &[u8] {
         let body_bytes: u64 = self
             .payload_crcs
             .iter()
@@ -384,7 +395,10 @@ mod tests {
         assert_eq!(out.len() as u64, batch_frame_bytes(payloads.iter().map(|p| p.len())));
         assert_eq!(out.len() % FRAME_ALIGN_BYTES, 0);
         let f = decode_frame_header(&out).unwrap();
-        assert_eq!((f.kind, f.count, f.seq, f.file_offset, f.log_tag), (FrameKind::Batch, 3, 10, 64, 0xABCD));
+        assert_eq!(
+            (f.kind, f.count, f.seq, f.file_offset, f.log_tag),
+            (FrameKind::Batch, 3, 10, 64, 0xABCD)
+        );
         let mut pos = FRAME_HEADER_BYTES;
         for (i, p) in payloads.iter().enumerate() {
             let (h, got) = decode_record_header(&out[pos..], 10 + i as u64, 1024).unwrap();
@@ -418,7 +432,10 @@ mod tests {
             Err(DecodeError::OutOfBounds { .. })
         ));
         LE::write_u32(&mut rec[REC_OFF_LEN..REC_OFF_SEQ], 1000);
-        assert!(matches!(decode_record_header(rec, 0, 1 << 20), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode_record_header(rec, 0, 1 << 20),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]

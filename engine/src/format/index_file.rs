@@ -128,9 +128,8 @@ pub fn decode_index(buf: &[u8]) -> Result<(IndexHeader, Vec<IndexEntry>), Decode
     let mut prev: Option<IndexEntry> = None;
     for chunk in body.chunks_exact(INDEX_ENTRY_BYTES) {
         let e = IndexEntry { seq: LE::read_u64(&chunk[..8]), offset: LE::read_u64(&chunk[8..]) };
-        let in_range = e.seq >= header.segment_base
-            && e.seq < header.end_seq
-            && e.offset < header.end_offset;
+        let in_range =
+            e.seq >= header.segment_base && e.seq < header.end_seq && e.offset < header.end_offset;
         let increasing = prev.is_none_or(|p| e.seq > p.seq && e.offset > p.offset);
         if !in_range || !increasing {
             return Err(DecodeError::Inconsistent("index entries out of order or out of range"));

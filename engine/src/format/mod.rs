@@ -10,8 +10,9 @@ mod index_file;
 mod segment_header;
 
 pub use frame::{
-    Frame, FrameKind, PreparedBatch, RecordHeader, align_up, batch_frame_bytes, decode_frame_header,
-    decode_record_header, encode_batch, encode_marker_frame, log_tag, record_crc,
+    Frame, FrameKind, PreparedBatch, RecordHeader, align_up, batch_frame_bytes,
+    decode_frame_header, decode_record_header, encode_batch, encode_marker_frame, log_tag,
+    record_crc,
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};
 pub use segment_header::{FORMAT_VERSION, SEGMENT_MAGIC, SegmentHeader};
@@ -72,8 +73,6 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 
 /// Returns the `N` bytes at the start of `buf`, or `Truncated`.
 fn prefix<const N: usize>(buf: &[u8]) -> Result<&[u8; N], DecodeError> {
-    buf.first_chunk::<N>().ok_or(DecodeError::Truncated {
-        needed: N as u64,
-        available: buf.len() as u64,
-    })
+    buf.first_chunk::<N>()
+        .ok_or(DecodeError::Truncated { needed: N as u64, available: buf.len() as u64 })
 }

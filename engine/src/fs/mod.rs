@@ -44,6 +44,7 @@ pub trait LockGuard: Send + Sync + Debug {}
 
 /// One open file. Implementations are safe to share between threads; positioned reads and
 /// writes never move a shared cursor.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync + Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns fewer only at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

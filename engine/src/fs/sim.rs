@@ -137,29 +137,11 @@ enum FileOp {
 /// A pending operation on a directory's entries.
 #[derive(Debug, Clone)]
 enum DirOp {
-    Create {
-        name: String,
-        ino: u64,
-    },
-    Unlink {
-        name: String,
-        ino: u64,
-    },
-    Rename {
-        from: String,
-        to: String,
-        ino: u64,
-    },
-    MoveOut {
-        name: String,
-        ino: u64,
-        to: PathBuf,
-    },
-    MoveIn {
-        name: String,
-        ino: u64,
-        from: PathBuf,
-    },
+    Create { name: String, ino: u64 },
+    Unlink { name: String, ino: u64 },
+    Rename { from: String, to: String, ino: u64 },
+    MoveOut { name: String, ino: u64, to: PathBuf },
+    MoveIn { name: String, ino: u64, from: PathBuf },
 }
 
 #[derive(Debug, Default)]
@@ -234,10 +216,7 @@ fn eio() -> io::Error {
 }
 
 fn not_found(what: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: not found", what.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: not found", what.display()))
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -439,11 +418,8 @@ impl State {
 
     /// Bytes used by the current images of files that are linked or open.
     fn used_bytes(&self) -> u64 {
-        let linked: BTreeSet<u64> = self
-            .dirs
-            .values()
-            .flat_map(|d| d.current.values().copied())
-            .collect();
+        let linked: BTreeSet<u64> =
+            self.dirs.values().flat_map(|d| d.current.values().copied()).collect();
         self.inodes
             .iter()
             .filter(|(ino, inode)| inode.handles > 0 || linked.contains(ino))
@@ -462,10 +438,7 @@ impl State {
         }
         let grow = (new_len - old_len) as u64;
         if self.used_bytes().saturating_add(grow) > capacity {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "simulated ENOSPC",
-            ));
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated ENOSPC"));
         }
         Ok(())
     }
@@ -568,11 +541,8 @@ impl State {
             dir.durable.retain(|_, ino| inodes.contains_key(ino));
             dir.current = dir.durable.clone();
         }
-        let referenced: BTreeSet<u64> = self
-            .dirs
-            .values()
-            .flat_map(|d| d.durable.values().copied())
-            .collect();
+        let referenced: BTreeSet<u64> =
+            self.dirs.values().flat_map(|d| d.durable.values().copied()).collect();
         self.inodes.retain(|ino, _| referenced.contains(ino));
         self.locks.clear();
         self.epoch += 1;
@@ -658,9 +628,7 @@ fn crash_file_op(
             }
         }
     };
-    report
-        .details
-        .push(format!("file {who}: {what}: {verdict}"));
+    report.details.push(format!("file {who}: {what}: {verdict}"));
 }
 
 impl fmt::Debug for SimFs {
@@ -682,9 +650,7 @@ impl SimFs {
     /// A fresh simulated file system holding only the roots `/` and `""`, whose every random
     /// decision derives from `seed`.
     pub fn new(seed: u64) -> SimFs {
-        SimFs {
-            state: Arc::new(Mutex::new(State::new(seed))),
-        }
+        SimFs { state: Arc::new(Mutex::new(State::new(seed))) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -830,10 +796,7 @@ impl SimFs {
         self.create_dir_all(&parent)?;
         let mut st = self.lock();
         if st.dirs.contains_key(&key) {
-            return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                "is a directory",
-            ));
+            return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
         }
         let ino = match st.lookup_current(&key) {
             Some(ino) => ino,
@@ -873,11 +836,7 @@ impl SimFs {
                 flipped = true;
             }
         }
-        if flipped {
-            Ok(())
-        } else {
-            Err(invalid("byte offset past the end of the file"))
-        }
+        if flipped { Ok(()) } else { Err(invalid("byte offset past the end of the file")) }
     }
 }
 
@@ -915,10 +874,7 @@ impl SimFile {
         if self.writable {
             Ok(())
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "file opened read-only",
-            ))
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
         }
     }
 }
@@ -956,42 +912,23 @@ impl StorageFile for SimFile {
         self.check_writable()?;
         st.write_count += 1;
         let start = to_usize(offset)?;
-        start
-            .checked_add(buf.len())
-            .ok_or_else(|| invalid("write past the largest offset"))?;
+        start.checked_add(buf.len()).ok_or_else(|| invalid("write past the largest offset"))?;
         if let Some(short) = st.take_write_fault() {
             if short && buf.len() >= 2 {
                 let n = st.fault_rng.usize(1..buf.len());
-                let op = FileOp::Write {
-                    offset: start,
-                    data: buf[..n].to_vec(),
-                };
+                let op = FileOp::Write { offset: start, data: buf[..n].to_vec() };
                 if st.apply_current(self.ino, op).is_ok() {
                     let path = self.path.clone();
-                    st.record(TraceEvent::Write {
-                        path,
-                        offset,
-                        len: n as u64,
-                    });
+                    st.record(TraceEvent::Write { path, offset, len: n as u64 });
                 }
             }
             return Err(eio());
         }
         if !buf.is_empty() {
-            st.apply_current(
-                self.ino,
-                FileOp::Write {
-                    offset: start,
-                    data: buf.to_vec(),
-                },
-            )?;
+            st.apply_current(self.ino, FileOp::Write { offset: start, data: buf.to_vec() })?;
         }
         let path = self.path.clone();
-        st.record(TraceEvent::Write {
-            path,
-            offset,
-            len: buf.len() as u64,
-        });
+        st.record(TraceEvent::Write { path, offset, len: buf.len() as u64 });
         Ok(())
     }
 
@@ -1001,9 +938,7 @@ impl StorageFile for SimFile {
             st.sync_count += 1;
             let fail = st.take_sync_fault();
             let upto = st.inode_mut(self.ino)?.next_seq;
-            st.record(TraceEvent::SyncStart {
-                path: self.path.clone(),
-            });
+            st.record(TraceEvent::SyncStart { path: self.path.clone() });
             (upto, fail, st.sync_delay)
         };
         // The sync is in flight: other threads may write (or crash the machine) meanwhile.
@@ -1012,28 +947,18 @@ impl StorageFile for SimFile {
         }
         let mut st = lock_state(&self.state);
         if st.epoch != self.epoch {
-            st.record(TraceEvent::SyncEnd {
-                path: self.path.clone(),
-                ok: false,
-            });
+            st.record(TraceEvent::SyncEnd { path: self.path.clone(), ok: false });
             return Err(stale());
         }
         let inode = st.inode_mut(self.ino)?;
-        let covered = inode
-            .pending
-            .iter()
-            .take_while(|(seq, _)| *seq < upto)
-            .count();
+        let covered = inode.pending.iter().take_while(|(seq, _)| *seq < upto).count();
         let ops: Vec<(u64, FileOp)> = inode.pending.drain(..covered).collect();
         if !fail {
             for (_, op) in &ops {
                 apply_file_op(&mut inode.durable, op);
             }
         }
-        st.record(TraceEvent::SyncEnd {
-            path: self.path.clone(),
-            ok: !fail,
-        });
+        st.record(TraceEvent::SyncEnd { path: self.path.clone(), ok: !fail });
         if fail { Err(eio()) } else { Ok(()) }
     }
 
@@ -1056,11 +981,7 @@ impl StorageFile for SimFile {
         if st.inode_mut(self.ino)?.current.len() < len {
             st.apply_current(self.ino, FileOp::Preallocate(len))?;
         }
-        Ok(if st.preallocate_supported {
-            Preallocation::Allocated
-        } else {
-            Preallocation::Sparse
-        })
+        Ok(if st.preallocate_supported { Preallocation::Allocated } else { Preallocation::Sparse })
     }
 
     fn map(&self) -> io::Result<Option<memmap2::Mmap>> {
@@ -1078,10 +999,7 @@ struct SimLock {
 
 impl fmt::Debug for SimLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimLock")
-            .field("path", &self.path)
-            .field("token", &self.token)
-            .finish()
+        f.debug_struct("SimLock").field("path", &self.path).field("token", &self.token).finish()
     }
 }
 
@@ -1099,10 +1017,7 @@ impl Drop for SimLock {
 }
 
 fn is_a_directory(key: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::IsADirectory,
-        format!("{}: is a directory", key.display()),
-    )
+    io::Error::new(io::ErrorKind::IsADirectory, format!("{}: is a directory", key.display()))
 }
 
 impl Storage for SimFs {
@@ -1173,10 +1088,7 @@ impl Storage for SimFs {
         let st = self.lock();
         let Some(dir) = st.dirs.get(&key) else {
             if st.lookup_current(&key).is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotADirectory,
-                    "not a directory",
-                ));
+                return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
             }
             return Err(not_found(&key));
         };
@@ -1198,14 +1110,9 @@ impl Storage for SimFs {
         let (to_dir, to_name) = split(&to_key)?;
         let mut st = self.lock();
         if st.dirs.contains_key(&from_key) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "SimFs renames files only",
-            ));
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "SimFs renames files only"));
         }
-        let ino = st
-            .lookup_current(&from_key)
-            .ok_or_else(|| not_found(&from_key))?;
+        let ino = st.lookup_current(&from_key).ok_or_else(|| not_found(&from_key))?;
         if !st.dirs.contains_key(&to_dir) {
             return Err(not_found(&to_key));
         }
@@ -1218,24 +1125,12 @@ impl Storage for SimFs {
         st.dir_mut(&from_dir)?.current.remove(&from_name);
         let replaced = st.dir_mut(&to_dir)?.current.insert(to_name.clone(), ino);
         if from_dir == to_dir {
-            let op = DirOp::Rename {
-                from: from_name,
-                to: to_name,
-                ino,
-            };
+            let op = DirOp::Rename { from: from_name, to: to_name, ino };
             st.dir_mut(&from_dir)?.pending.push(op);
         } else {
-            let out = DirOp::MoveOut {
-                name: from_name,
-                ino,
-                to: to_dir.clone(),
-            };
+            let out = DirOp::MoveOut { name: from_name, ino, to: to_dir.clone() };
             st.dir_mut(&from_dir)?.pending.push(out);
-            let into = DirOp::MoveIn {
-                name: to_name,
-                ino,
-                from: from_dir,
-            };
+            let into = DirOp::MoveIn { name: to_name, ino, from: from_dir };
             st.dir_mut(&to_dir)?.pending.push(into);
         }
         if let Some(old) = replaced {
@@ -1263,10 +1158,7 @@ impl Storage for SimFs {
         let mut st = self.lock();
         if !st.dirs.contains_key(&key) {
             if st.lookup_current(&key).is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotADirectory,
-                    "not a directory",
-                ));
+                return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
             }
             return Err(not_found(&key));
         }
@@ -1279,10 +1171,7 @@ impl Storage for SimFs {
                 op.apply(&mut dir.durable);
             }
         }
-        st.record(TraceEvent::DirSync {
-            path: key,
-            ok: !fail,
-        });
+        st.record(TraceEvent::DirSync { path: key, ok: !fail });
         for op in &ops {
             st.maybe_gc(op.ino());
         }
@@ -1320,11 +1209,7 @@ impl Storage for SimFs {
         let token = st.next_token;
         st.next_token += 1;
         st.locks.insert(key.clone(), token);
-        Ok(Some(Box::new(SimLock {
-            state: Arc::clone(&self.state),
-            path: key,
-            token,
-        })))
+        Ok(Some(Box::new(SimLock { state: Arc::clone(&self.state), path: key, token })))
     }
 }
 
@@ -1384,10 +1269,7 @@ mod tests {
             f.sync_data().unwrap();
             assert_eq!(sim.durable_bytes("/d/f").unwrap(), b"hello");
             let report = sim.crash();
-            assert_eq!(
-                report.kept + report.dropped + report.torn + report.garbled,
-                0
-            );
+            assert_eq!(report.kept + report.dropped + report.torn + report.garbled, 0);
             assert_eq!(sim.current_bytes("/d/f").unwrap(), b"hello", "seed {seed}");
         }
     }
@@ -1403,10 +1285,7 @@ mod tests {
         assert_eq!(sim.durable_bytes("/d/new"), None);
         sim.crash_drop_all();
         assert!(!sim.exists(p("/d/new")).unwrap());
-        assert!(
-            sim.exists(p("/d")).unwrap(),
-            "directories are durable at once"
-        );
+        assert!(sim.exists(p("/d")).unwrap(), "directories are durable at once");
         let err = sim.open(p("/d/new"), OpenMode::Read).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert_eq!(sim.read_dir(p("/d")).unwrap(), Vec::<String>::new());
@@ -1487,14 +1366,8 @@ mod tests {
         sim.set_capacity(Some(100));
         let err = f.write_all_at(&[2; 50], 60).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
-        assert_eq!(
-            f.set_len(101).unwrap_err().kind(),
-            io::ErrorKind::StorageFull
-        );
-        assert_eq!(
-            f.preallocate(200).unwrap_err().kind(),
-            io::ErrorKind::StorageFull
-        );
+        assert_eq!(f.set_len(101).unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(f.preallocate(200).unwrap_err().kind(), io::ErrorKind::StorageFull);
         assert_eq!(sim.current_bytes("/d/f").unwrap(), vec![1; 60]);
         assert_eq!(sim.pending_ops(), 1);
         // Overwrites and growth within the limit still work.
@@ -1502,10 +1375,7 @@ mod tests {
         f.write_all_at(&[3; 40], 60).unwrap();
         assert_eq!(sim.used_bytes(), 100);
         let g = sim.open(p("/d/g"), OpenMode::CreateNew).unwrap();
-        assert_eq!(
-            g.write_all_at(b"x", 0).unwrap_err().kind(),
-            io::ErrorKind::StorageFull
-        );
+        assert_eq!(g.write_all_at(b"x", 0).unwrap_err().kind(), io::ErrorKind::StorageFull);
         // Shrinking a file frees its space.
         f.set_len(10).unwrap();
         g.write_all_at(&[4; 90], 0).unwrap();
@@ -1546,10 +1416,7 @@ mod tests {
         assert!(sim.exists(p("/d/LOCK")).unwrap());
         assert!(sim.try_lock(p("/d/LOCK")).unwrap().is_none());
         sim.crash();
-        assert!(
-            sim.exists(p("/d/LOCK")).unwrap(),
-            "lock files are durable at once"
-        );
+        assert!(sim.exists(p("/d/LOCK")).unwrap(), "lock files are durable at once");
         let b = sim.try_lock(p("/d/LOCK")).unwrap().unwrap();
         // The pre-crash guard must not release the post-crash lock.
         drop(a);
@@ -1652,10 +1519,7 @@ mod tests {
         sim.rename(p("/db/b"), p("/db/c")).unwrap();
         sim.remove_file(p("/db/a")).unwrap();
         let report = sim.crash();
-        let images = ["/db/a", "/db/b", "/db/c"]
-            .iter()
-            .map(|n| sim.durable_bytes(n))
-            .collect();
+        let images = ["/db/a", "/db/b", "/db/c"].iter().map(|n| sim.durable_bytes(n)).collect();
         (report, images)
     }
 
@@ -1680,11 +1544,7 @@ mod tests {
             thread::spawn(move || f.sync_data())
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sim
-            .trace()
-            .iter()
-            .any(|e| matches!(e, TraceEvent::SyncStart { .. }))
-        {
+        while !sim.trace().iter().any(|e| matches!(e, TraceEvent::SyncStart { .. })) {
             assert!(Instant::now() < deadline, "sync never started");
             thread::sleep(Duration::from_millis(1));
         }
@@ -1697,11 +1557,7 @@ mod tests {
             vec![
                 TraceEvent::SyncStart { path: path.clone() },
                 TraceEvent::Mark("during".into()),
-                TraceEvent::Write {
-                    path: path.clone(),
-                    offset: 4,
-                    len: 4
-                },
+                TraceEvent::Write { path: path.clone(), offset: 4, len: 4 },
                 TraceEvent::SyncEnd { path, ok: true },
             ]
         );
@@ -1739,11 +1595,7 @@ mod tests {
             sim.write_file_raw("/d/meta", b"version one").unwrap();
             crate::fs::write_atomic(&sim, p("/d/meta"), b"version two").unwrap();
             sim.crash();
-            assert_eq!(
-                sim.current_bytes("/d/meta").unwrap(),
-                b"version two",
-                "seed {seed}"
-            );
+            assert_eq!(sim.current_bytes("/d/meta").unwrap(), b"version two", "seed {seed}");
         }
         for seed in 0..100 {
             // Crash before the directory sync: either version, never a mix.
@@ -1755,10 +1607,7 @@ mod tests {
             sim.rename(p("/d/meta.tmp"), p("/d/meta")).unwrap();
             sim.crash();
             let got = sim.current_bytes("/d/meta").unwrap();
-            assert!(
-                got == b"version one" || got == b"version two",
-                "seed {seed}: {got:?}"
-            );
+            assert!(got == b"version one" || got == b"version two", "seed {seed}: {got:?}");
         }
     }
 
@@ -1777,11 +1626,7 @@ mod tests {
         sim.sync_dir(p("/d")).unwrap();
         sim.crash_drop_all();
         assert!(!sim.exists(p("/d/seg")).unwrap());
-        assert_eq!(
-            sim.lock().inodes.len(),
-            0,
-            "unreachable inodes are discarded"
-        );
+        assert_eq!(sim.lock().inodes.len(), 0, "unreachable inodes are discarded");
     }
 
     #[test]
@@ -1873,17 +1718,10 @@ mod tests {
         assert_eq!(
             sim.trace(),
             vec![
-                TraceEvent::Write {
-                    path: fp.clone(),
-                    offset: 0,
-                    len: 1
-                },
+                TraceEvent::Write { path: fp.clone(), offset: 0, len: 1 },
                 TraceEvent::SyncStart { path: fp.clone() },
                 TraceEvent::SyncEnd { path: fp, ok: true },
-                TraceEvent::DirSync {
-                    path: d.clone(),
-                    ok: true
-                },
+                TraceEvent::DirSync { path: d.clone(), ok: true },
                 TraceEvent::DirSync { path: d, ok: false },
             ]
         );
@@ -1907,11 +1745,7 @@ mod tests {
             let f = Arc::clone(&f);
             thread::spawn(move || f.sync_data())
         };
-        while !sim
-            .trace()
-            .iter()
-            .any(|e| matches!(e, TraceEvent::SyncStart { .. }))
-        {
+        while !sim.trace().iter().any(|e| matches!(e, TraceEvent::SyncStart { .. })) {
             thread::sleep(Duration::from_millis(1));
         }
         sim.crash_drop_all();
