@@ -123,6 +123,9 @@ impl Inner {
 
     /// Enqueues a prepared batch and returns once it is as durable as the policy promises.
     pub(crate) fn append_prepared(&self, batch: PreparedBatch) -> Result<Appended> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         if let Some(e) = self.poisoned() {
             return Err(e);
         }
@@ -156,6 +159,9 @@ impl Inner {
 
     /// Forces an fsync of everything written so far.
     pub(crate) fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let mut st = self.committer.lock_state();
         while st.leader {
             st = self.committer.cond.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -355,6 +361,9 @@ impl Inner {
     /// Clean close: drains the queue, syncs, writes a close frame and the active segment's
     /// index so that the next open scans nothing.
     pub(crate) fn close(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         let mut st = self.committer.lock_state();
         if st.closed {
             return Ok(());

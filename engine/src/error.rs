@@ -95,6 +95,15 @@ pub enum Error {
         /// One past the last readable seq.
         head: u64,
     },
+    /// A read-only open found no store in the directory.
+    #[error("no annal store in {}", dir.display())]
+    NoStore {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A write to a log opened read-only.
+    #[error("log is open read-only")]
+    ReadOnly,
     /// Options that cannot work together.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

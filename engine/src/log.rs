@@ -75,9 +75,10 @@ pub struct RecoveryReport {
     pub next_seq: u64,
     /// A torn tail that was cut, if any.
     pub truncated: Option<TruncatedTail>,
-    /// Segments whose interrupted seal was completed (a crash during a roll).
+    /// Segments whose seal was missing after a crash during a roll (base seqs); a writer
+    /// completes the seal, a read-only open only reports it.
     pub seals_completed: Vec<u64>,
-    /// Leftover temp files of interrupted creates or replaces that were removed.
+    /// Leftover temp files of interrupted creates or replaces that were removed (writer only).
     pub temp_files_removed: Vec<String>,
     /// Bytes of records scanned during recovery.
     pub scanned_bytes: u64,
@@ -159,7 +160,9 @@ pub(crate) struct Inner {
     pub poison: OnceLock<Arc<Error>>,
     pub stats: Stats,
     pub recovery: RecoveryReport,
-    pub _lock: Box<dyn LockGuard>,
+    /// Opened with [`Log::open_read_only`]: no lock, no writes.
+    pub read_only: bool,
+    pub _lock: Option<Box<dyn LockGuard>>,
 }
 
 /// A segmented, CRC-checked write-ahead log with group commit.
@@ -189,17 +192,52 @@ impl Log {
         dir: impl AsRef<Path>,
         opts: Options,
     ) -> Result<Log> {
+        Log::open_mode(storage, dir.as_ref(), opts, true)
+    }
+
+    /// Opens the log in `dir` for reading only, on the real file system: takes no lock and
+    /// writes nothing, so it works beside a running writer's store (seeing what was on disk
+    /// at open) and on a read-only mount. Recovery decides as for a writer but does not act:
+    /// a torn tail is reported in [`Log::recovery_report`] and hidden, not cut. Appends fail
+    /// with [`Error::ReadOnly`].
+    pub fn open_read_only(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+        Log::open_read_only_with(Arc::new(StdFs), dir, opts)
+    }
+
+    /// [`Log::open_read_only`] on the given storage.
+    pub fn open_read_only_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: Options,
+    ) -> Result<Log> {
+        Log::open_mode(storage, dir.as_ref(), opts, false)
+    }
+
+    fn open_mode(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        opts: Options,
+        writable: bool,
+    ) -> Result<Log> {
         opts.validate()?;
-        let dir = dir.as_ref().to_path_buf();
-        storage.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
-        let lock_path = dir.join(names::LOCK_FILE);
-        let lock = storage
-            .try_lock(&lock_path)
-            .map_err(|e| Error::io("lock", &lock_path, e))?
-            .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
+        let dir = dir.to_path_buf();
         let seg_dir = names::segments_dir(&dir);
-        storage.create_dir_all(&seg_dir).map_err(|e| Error::io("create dir", &seg_dir, e))?;
-        let recovered = recover(storage.as_ref(), &seg_dir, &opts)?;
+        let lock = if writable {
+            storage.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+            let lock_path = dir.join(names::LOCK_FILE);
+            let lock = storage
+                .try_lock(&lock_path)
+                .map_err(|e| Error::io("lock", &lock_path, e))?
+                .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
+            storage.create_dir_all(&seg_dir).map_err(|e| Error::io("create dir", &seg_dir, e))?;
+            Some(lock)
+        } else {
+            if !storage.exists(&seg_dir).map_err(|e| Error::io("stat", &seg_dir, e))? {
+                return Err(Error::NoStore { dir });
+            }
+            None
+        };
+        let recovered = recover(storage.as_ref(), &seg_dir, &opts, writable)?;
         let Recovered { log_id, segments, writer, report } = recovered;
         let next_seq = writer.next_seq;
         let inner = Arc::new(Inner {
@@ -216,9 +254,10 @@ impl Log {
             stats: Stats::default(),
             recovery: report,
             opts,
+            read_only: !writable,
             _lock: lock,
         });
-        if let Durability::Batched { max_delay, .. } = inner.opts.durability {
+        if let (Durability::Batched { max_delay, .. }, true) = (inner.opts.durability, writable) {
             crate::commit::spawn_flusher(Arc::downgrade(&inner), max_delay);
         }
         Ok(Log { inner })
@@ -582,14 +621,19 @@ struct Found {
 }
 
 /// Recovers the segments directory (format-spec.md §7).
-fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Recovered> {
+fn recover(
+    storage: &dyn Storage,
+    seg_dir: &Path,
+    opts: &Options,
+    writable: bool,
+) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let names = storage.read_dir(seg_dir).map_err(|e| Error::io("list", seg_dir, e))?;
     let mut bases = Vec::new();
     for name in names {
         match names::parse_segment_dir_entry(&name) {
             SegmentDirEntry::Segment(base) => bases.push(base),
-            SegmentDirEntry::Temp => {
+            SegmentDirEntry::Temp if writable => {
                 // An interrupted segment create or sidecar replace: it never became a file
                 // the store relies on, and a segment temp file never held a record.
                 let p = seg_dir.join(&name);
@@ -610,17 +654,20 @@ fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Reco
     }
     bases.sort_unstable();
     if bases.is_empty() {
+        if !writable {
+            return Err(Error::NoStore { dir: seg_dir.to_path_buf() });
+        }
         return create_fresh(storage, seg_dir, opts, report);
     }
+    let mode = if writable { OpenMode::ReadWrite } else { OpenMode::Read };
 
     // Every header first: identity and names, before trusting anything else.
     let mut found = Vec::with_capacity(bases.len());
     let mut log_id = None;
     for &base in &bases {
         let path = seg_dir.join(names::segment_file_name(base));
-        let file: Arc<dyn StorageFile> = Arc::from(
-            storage.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("open", &path, e))?,
-        );
+        let file: Arc<dyn StorageFile> =
+            Arc::from(storage.open(&path, mode).map_err(|e| Error::io("open", &path, e))?);
         let header = segment::read_header(file.as_ref(), &path)?;
         let id = *log_id.get_or_insert(header.log_id);
         if header.log_id != id {
@@ -648,7 +695,8 @@ fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Reco
             break;
         }
         let next_base = found.get(i + 1).map_or(0, |n| n.base);
-        let (seal_at, next_seq) = recover_sealed(storage, f, next_base, tag, opts, &mut report)?;
+        let (seal_at, next_seq) =
+            recover_sealed(storage, f, next_base, tag, opts, writable, &mut report)?;
         if next_seq != next_base {
             if next_seq < next_base {
                 return Err(Error::MissingSegments { from: next_seq, to: next_base });
@@ -661,7 +709,7 @@ fn recover(storage: &dyn Storage, seg_dir: &Path, opts: &Options) -> Result<Reco
         segments.push(Arc::new(seg));
     }
     let last = &found[last_i];
-    let writer = recover_active(storage, last, &log_id, tag, opts, &mut report)?;
+    let writer = recover_active(storage, last, &log_id, tag, opts, writable, &mut report)?;
     segments.push(Arc::clone(&writer.active));
     report.segments = segments.len();
     report.next_seq = writer.next_seq;
@@ -693,6 +741,7 @@ fn recover_sealed(
     next_base: u64,
     tag: u64,
     opts: &Options,
+    writable: bool,
     report: &mut RecoveryReport,
 ) -> Result<(u64, u64)> {
     let mut src = Source::file(Arc::clone(&f.file), f.len);
@@ -709,6 +758,7 @@ fn recover_sealed(
     let scan = scan_from_start(&mut src, f.base, tag, opts)?;
     report.scanned_bytes += scan.end_offset;
     match scan.stop {
+        Stop::Sealed { at } if !writable => Ok((at, scan.next_seq)),
         Stop::Sealed { at } => {
             // A seal followed by leftover preallocated space: cut the space (no records).
             f.file
@@ -735,6 +785,10 @@ fn recover_sealed(
                 return Err(Error::corrupt(&f.path, scan.end_offset, kind));
             }
             // Interrupted roll: every record is here; only the seal is missing or torn.
+            report.seals_completed.push(f.base);
+            if !writable {
+                return Ok((scan.end_offset, scan.next_seq));
+            }
             let survey = segment::survey_tail(&mut src, scan.end_offset, tag)
                 .map_err(|e| Error::io("read", &f.path, e))?;
             cut_tail(storage, f, scan.end_offset, &survey)?;
@@ -748,7 +802,6 @@ fn recover_sealed(
             );
             f.file.write_all_at(&seal, at).map_err(|e| Error::io("write", &f.path, e))?;
             f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
-            report.seals_completed.push(f.base);
             Ok((at, scan.next_seq))
         }
     }
@@ -809,6 +862,7 @@ fn recover_active(
     log_id: &[u8; 16],
     tag: u64,
     opts: &Options,
+    writable: bool,
     report: &mut RecoveryReport,
 ) -> Result<WriterState> {
     let mut src = Source::file(Arc::clone(&f.file), f.len);
@@ -857,7 +911,7 @@ fn recover_active(
                 let kind = CorruptionKind::MidLog { valid_at, cause: Box::new(kind.clone()) };
                 return Err(Error::corrupt(&f.path, *at, kind));
             }
-            let moved_to = cut_tail(storage, f, *at, &survey)?;
+            let moved_to = if writable { cut_tail(storage, f, *at, &survey)? } else { None };
             if survey.nonzero_end > *at {
                 report.truncated = Some(TruncatedTail {
                     segment: f.path.clone(),
@@ -870,12 +924,16 @@ fn recover_active(
             }
         }
     }
-    if opts.preallocate {
-        f.file.preallocate(opts.segment_bytes).map_err(|e| Error::io("preallocate", &f.path, e))?;
+    if writable {
+        if opts.preallocate {
+            f.file
+                .preallocate(opts.segment_bytes)
+                .map_err(|e| Error::io("preallocate", &f.path, e))?;
+        }
+        // What was read back may have been in the page cache only (a process crash under a
+        // non-sync policy): make it durable before calling it durable.
+        f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
     }
-    // What was read back may have been in the page cache only (a process crash under a
-    // non-sync policy): make it durable before calling it durable.
-    f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
     *seg.index.write().unwrap_or_else(|e| e.into_inner()) = scan.index;
     seg.readable_end.store(scan.end_offset, Ordering::Release);
     Ok(WriterState::new(seg, scan.end_offset, scan.next_seq))

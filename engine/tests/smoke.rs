@@ -12,7 +12,9 @@ fn append_read_roll_reopen() {
     let log = Log::open(dir.path(), small()).unwrap();
     let mut expected = Vec::new();
     for i in 0..500u32 {
-        let payloads: Vec<Vec<u8>> = (0..(i % 5 + 1)).map(|j| format!("rec {i}/{j}").repeat((i % 40) as usize + 1).into_bytes()).collect();
+        let payloads: Vec<Vec<u8>> = (0..(i % 5 + 1))
+            .map(|j| format!("rec {i}/{j}").repeat((i % 40) as usize + 1).into_bytes())
+            .collect();
         let a = log.append(&payloads).unwrap();
         assert_eq!(a.first, expected.len() as u64);
         expected.extend(payloads);

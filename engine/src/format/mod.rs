@@ -8,6 +8,8 @@
 mod frame;
 mod index_file;
 mod segment_header;
+#[cfg(test)]
+mod spec_example;
 
 pub use frame::{
     Frame, FrameKind, PreparedBatch, RecordHeader, align_up, batch_frame_bytes,
