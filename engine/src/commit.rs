@@ -42,8 +42,23 @@ impl WriterState {
     }
 }
 
+/// What the leader knows about a batch when it decides to write it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitCtx {
+    /// The seq the batch's first record will get.
+    pub first_seq: u64,
+}
+
+/// A check run by the leader, in log order, right before a batch is encoded: the streams
+/// layer's expected-version and idempotency checks run here, so they are race-free without
+/// holding any lock across the fsync. `Ok(true)` writes the batch; `Ok(false)` skips it
+/// (the appender gets a zero-count `Appended`); `Err` skips it and fails the appender.
+/// Hooks must not call back into the log.
+pub(crate) type CommitHook = Box<dyn FnOnce(CommitCtx) -> Result<bool> + Send>;
+
 struct Pending {
     batch: PreparedBatch,
+    hook: Option<CommitHook>,
     tx: Sender<Result<Appended>>,
 }
 
@@ -122,7 +137,11 @@ impl Inner {
     }
 
     /// Enqueues a prepared batch and returns once it is as durable as the policy promises.
-    pub(crate) fn append_prepared(&self, batch: PreparedBatch) -> Result<Appended> {
+    pub(crate) fn append_prepared(
+        &self,
+        batch: PreparedBatch,
+        hook: Option<CommitHook>,
+    ) -> Result<Appended> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -134,7 +153,7 @@ impl Inner {
         if st.closed {
             return Err(Error::Closed);
         }
-        st.queue.push(Pending { batch, tx });
+        st.queue.push(Pending { batch, hook, tx });
         loop {
             match rx.try_recv() {
                 Ok(result) => return result,
@@ -214,8 +233,21 @@ impl Inner {
                     return;
                 }
             }
-            let off = ws.write_pos + ws.buf.len() as u64;
             let first = ws.next_seq;
+            if let Some(hook) = p.hook.take() {
+                match hook(CommitCtx { first_seq: first }) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = p.tx.send(Ok(Appended { first, count: 0 }));
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = p.tx.send(Err(e));
+                        continue;
+                    }
+                }
+            }
+            let off = ws.write_pos + ws.buf.len() as u64;
             let count = p.batch.count();
             let bytes = p.batch.finalize(first, off, ws.synced_pos, self.log_tag);
             ws.buf.extend_from_slice(bytes);

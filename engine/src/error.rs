@@ -104,6 +104,46 @@ pub enum Error {
     /// A write to a log opened read-only.
     #[error("log is open read-only")]
     ReadOnly,
+    /// An append's expected version did not match the stream; nothing was written.
+    #[error(
+        "wrong expected version for stream {stream:?}: expected {expected:?}, actual {actual:?}"
+    )]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: String,
+        /// What the caller expected.
+        expected: crate::streams::ExpectedVersion,
+        /// The stream's version (its last event's), or `None` if it has no events.
+        actual: Option<u64>,
+    },
+    /// A stream id that is empty, too long, or not UTF-8.
+    #[error("invalid stream id: {reason}")]
+    InvalidStreamId {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An event type that is empty or too long.
+    #[error("invalid event type: {reason}")]
+    InvalidEventType {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// More events in one append than `BATCH_EVENTS_MAX`.
+    #[error("{count} events in one append, the maximum is {max}")]
+    TooManyEvents {
+        /// Events given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A record that passed its CRC but is not a valid event body.
+    #[error("record {seq} is not a valid event: {reason}")]
+    BadEvent {
+        /// The record's seq.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
     /// Options that cannot work together.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

@@ -20,7 +20,12 @@ mod log;
 mod options;
 mod segment;
 mod stats;
+mod streams;
 
 pub use log::{Appended, Cursor, Log, Record, RecoveryReport, TruncatedTail};
 pub use options::{Durability, Options};
 pub use stats::StatsSnapshot;
+pub use streams::{
+    AllEvents, AppendResult, Direction, ExpectedVersion, IndexStats, NewEvent, RecordedEvent,
+    Store, StoreOptions, category_of, parse_stream_id,
+};

@@ -48,3 +48,16 @@ const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
 const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
 const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN as usize > SEGMENT_HEADER_BYTES + 2 * FRAME_HEADER_BYTES);
+
+/// Bytes of the fixed header of an event body (format-spec.md §11).
+pub const EVENT_HEADER_BYTES: usize = 32;
+
+/// Longest stream id, in UTF-8 bytes. Ids are never used as file names as they are
+/// (see the snapshot layer's encoding), so this bounds memory, not paths.
+pub const STREAM_ID_BYTES_MAX: usize = 4096;
+
+/// Longest event type name, in UTF-8 bytes.
+pub const EVENT_TYPE_BYTES_MAX: usize = 256;
+
+/// Most events one `Store::append` call may write (one atomic batch).
+pub const BATCH_EVENTS_MAX: usize = 10_000;

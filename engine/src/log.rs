@@ -273,11 +273,21 @@ impl Log {
     /// write or fsync until the log is reopened.
     pub fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Appended> {
         let batch = self.prepare(payloads)?;
-        self.inner.append_prepared(batch)
+        self.inner.append_prepared(batch, None)
+    }
+
+    /// Appends with a leader-side check (see `commit::CommitHook`).
+    pub(crate) fn append_hooked<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        hook: crate::commit::CommitHook,
+    ) -> Result<Appended> {
+        let batch = self.prepare(payloads)?;
+        self.inner.append_prepared(batch, Some(hook))
     }
 
     /// Checks the limits and encodes a batch on the calling thread.
-    fn prepare<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<PreparedBatch> {
+    pub(crate) fn prepare<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<PreparedBatch> {
         if payloads.is_empty() {
             return Err(Error::EmptyBatch);
         }
@@ -330,6 +340,11 @@ impl Log {
     /// The store's random log id.
     pub fn log_id(&self) -> [u8; 16] {
         self.inner.log_id
+    }
+
+    /// The largest record payload this log accepts.
+    pub fn max_record_bytes(&self) -> u32 {
+        self.inner.opts.max_record_bytes
     }
 
     /// The store directory.

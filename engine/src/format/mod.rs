@@ -5,12 +5,14 @@
 //! Decoders check the checksum before they trust any other field, and they never panic or
 //! allocate on malformed input: a bad buffer becomes a [`DecodeError`].
 
+mod event;
 mod frame;
 mod index_file;
 mod segment_header;
 #[cfg(test)]
 mod spec_example;
 
+pub use event::{EVENT_VERSION, EventBody};
 pub use frame::{
     Frame, FrameKind, PreparedBatch, RecordHeader, align_up, batch_frame_bytes,
     decode_frame_header, decode_record_header, encode_batch, encode_marker_frame, log_tag,

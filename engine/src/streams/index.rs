@@ -1,0 +1,158 @@
+//! The in-memory stream index: stream id -> the seqs of its events in log order, categories,
+//! and the recent event ids that make retries idempotent.
+//!
+//! A stream version is the position of an event among its stream's events, so the index is
+//! entirely derived from the log and can always be rebuilt from it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Where an event id was written, remembered for idempotent retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdEntry {
+    pub stream: Arc<str>,
+    pub version: u64,
+    pub seq: u64,
+}
+
+/// The index proper.
+#[derive(Debug, Default)]
+pub(crate) struct StreamIndex {
+    streams: HashMap<Arc<str>, Vec<u64>>,
+    categories: HashMap<Arc<str>, Vec<u64>>,
+    recent: HashMap<[u8; 16], IdEntry>,
+    recent_order: VecDeque<[u8; 16]>,
+    recent_max: usize,
+    events: u64,
+}
+
+/// The category of a stream: the part before its first `-` (`order-42` is in `order`).
+/// Streams without a `-` have no category.
+pub fn category_of(stream: &str) -> Option<&str> {
+    stream.split_once('-').map(|(c, _)| c).filter(|c| !c.is_empty())
+}
+
+impl StreamIndex {
+    pub(crate) fn new(recent_max: usize) -> Self {
+        StreamIndex { recent_max, ..StreamIndex::default() }
+    }
+
+    /// The seqs of a stream (all written, durable or not), if it exists.
+    pub(crate) fn seqs(&self, stream: &str) -> Option<&[u64]> {
+        self.streams.get(stream).map(Vec::as_slice)
+    }
+
+    /// The seqs of a category's streams, in log order.
+    pub(crate) fn category_seqs(&self, category: &str) -> Option<&[u64]> {
+        self.categories.get(category).map(Vec::as_slice)
+    }
+
+    /// Number of events written to `stream` (its next version).
+    pub(crate) fn len_of(&self, stream: &str) -> u64 {
+        self.streams.get(stream).map_or(0, |s| s.len() as u64)
+    }
+
+    /// The version of the event at `seq` in `stream`, if it is one of its events.
+    pub(crate) fn version_of(&self, stream: &str, seq: u64) -> Option<u64> {
+        let seqs = self.streams.get(stream)?;
+        seqs.binary_search(&seq).ok().map(|v| v as u64)
+    }
+
+    /// Where `id` was written, if it is still remembered.
+    pub(crate) fn recent(&self, id: &[u8; 16]) -> Option<&IdEntry> {
+        self.recent.get(id)
+    }
+
+    /// All stream ids.
+    pub(crate) fn stream_ids(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.streams.keys()
+    }
+
+    /// Events indexed.
+    pub(crate) fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Streams indexed.
+    pub(crate) fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Records an event at `seq` (seqs arrive in increasing order) and returns its version.
+    pub(crate) fn push(&mut self, stream: &str, seq: u64, event_id: [u8; 16]) -> u64 {
+        let key: Arc<str> = match self.streams.get_key_value(stream) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(stream),
+        };
+        let seqs = self.streams.entry(Arc::clone(&key)).or_default();
+        debug_assert!(seqs.last().is_none_or(|&last| last < seq));
+        let version = seqs.len() as u64;
+        seqs.push(seq);
+        if let Some(cat) = category_of(stream) {
+            match self.categories.get_mut(cat) {
+                Some(v) => v.push(seq),
+                None => {
+                    self.categories.insert(Arc::from(cat), vec![seq]);
+                }
+            }
+        }
+        self.events += 1;
+        if self.recent_max > 0 {
+            if self.recent.len() >= self.recent_max
+                && let Some(old) = self.recent_order.pop_front()
+            {
+                self.recent.remove(&old);
+            }
+            if self.recent.insert(event_id, IdEntry { stream: key, version, seq }).is_none() {
+                self.recent_order.push_back(event_id);
+            }
+        }
+        version
+    }
+
+    /// Approximate heap bytes held: seq vectors, keys, and the id window.
+    pub(crate) fn heap_bytes(&self) -> u64 {
+        let per_map_entry = std::mem::size_of::<(Arc<str>, Vec<u64>)>() as u64 + 8;
+        let streams: u64 = self
+            .streams
+            .iter()
+            .map(|(k, v)| per_map_entry + k.len() as u64 + 16 + v.capacity() as u64 * 8)
+            .sum();
+        let cats: u64 = self
+            .categories
+            .iter()
+            .map(|(k, v)| per_map_entry + k.len() as u64 + 16 + v.capacity() as u64 * 8)
+            .sum();
+        let per_id = std::mem::size_of::<([u8; 16], IdEntry)>() as u64 + 8 + 16;
+        streams + cats + self.recent.capacity() as u64 * per_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_positions_and_the_id_window_is_bounded() {
+        let mut ix = StreamIndex::new(3);
+        assert_eq!(ix.push("order-1", 0, [1; 16]), 0);
+        assert_eq!(ix.push("user", 1, [2; 16]), 0);
+        assert_eq!(ix.push("order-1", 2, [3; 16]), 1);
+        assert_eq!(ix.push("order-2", 5, [4; 16]), 0);
+        assert_eq!(ix.version_of("order-1", 2), Some(1));
+        assert_eq!(ix.version_of("order-1", 1), None);
+        assert_eq!(ix.category_seqs("order"), Some(&[0, 2, 5][..]));
+        assert_eq!(ix.category_seqs("user"), None);
+        assert!(ix.recent(&[1; 16]).is_none(), "oldest id must be evicted");
+        assert_eq!(ix.recent(&[4; 16]).map(|e| e.seq), Some(5));
+        assert_eq!(ix.events(), 4);
+    }
+
+    #[test]
+    fn categories_need_a_non_empty_prefix() {
+        assert_eq!(category_of("order-1"), Some("order"));
+        assert_eq!(category_of("a-b-c"), Some("a"));
+        assert_eq!(category_of("-x"), None);
+        assert_eq!(category_of("plain"), None);
+    }
+}

@@ -1,0 +1,485 @@
+//! The event store proper: streams of events with dense versions, optimistic concurrency,
+//! idempotent appends, and reads by stream, category and global order (ARCHITECTURE.md layer
+//! `streams`).
+//!
+//! Every event is one log record whose payload is an event body (format-spec.md §11); one
+//! `append` call is one log batch, so its events land together or not at all. The expected-
+//! version and idempotency checks run inside the group-commit leader, in log order, right
+//! before the batch is encoded: they are race-free without a lock held across the fsync, and
+//! appends to different streams share group commits.
+
+mod index;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use index::StreamIndex;
+pub use index::category_of;
+
+use crate::error::{Error, Result};
+use crate::format::EventBody;
+use crate::fs::{StdFs, Storage};
+use crate::limits::{BATCH_EVENTS_MAX, EVENT_TYPE_BYTES_MAX, STREAM_ID_BYTES_MAX};
+use crate::log::{Cursor, Log, Record};
+use crate::options::Options;
+
+/// What the caller expects a stream's current version to be when appending.
+///
+/// A stream's version is the version of its last event; versions are dense from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must have no events.
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Its type name: UTF-8, 1..=`EVENT_TYPE_BYTES_MAX` bytes.
+    pub event_type: String,
+    /// Its id; `None` gets a fresh UUID v7. Give one to make retries idempotent.
+    pub event_id: Option<Uuid>,
+    /// Metadata; by convention a JSON object whose `$correlationId` and `$causationId` keys
+    /// carry correlation and causation ids (as EventStoreDB does).
+    pub metadata: Bytes,
+    /// The event's data.
+    pub data: Bytes,
+}
+
+impl NewEvent {
+    /// An event of `event_type` with `data`, no metadata and a fresh id.
+    pub fn new(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        NewEvent {
+            event_type: event_type.into(),
+            event_id: None,
+            metadata: Bytes::new(),
+            data: data.into(),
+        }
+    }
+
+    /// Sets the event id.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.event_id = Some(id);
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: impl Into<Bytes>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+}
+
+/// An event read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Its stream.
+    pub stream_id: String,
+    /// Its type name.
+    pub event_type: String,
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its version in its stream (dense from 0).
+    pub version: u64,
+    /// Its global sequence number (dense from 0 across the store).
+    pub seq: u64,
+    /// Its metadata.
+    pub metadata: Bytes,
+    /// Its data.
+    pub data: Bytes,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Seq of the first event (the events have seqs `first_seq ..= last_seq`).
+    pub first_seq: u64,
+    /// Version of the first event in its stream.
+    pub first_version: u64,
+    /// Events in the append.
+    pub count: u32,
+}
+
+impl AppendResult {
+    /// Seq of the last event.
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count) - 1
+    }
+
+    /// The stream's version after the append: pass it as `Exact` to append next.
+    pub fn next_expected_version(&self) -> u64 {
+        self.first_version + u64::from(self.count) - 1
+    }
+}
+
+/// Direction of a stream read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Increasing versions.
+    Forward,
+    /// Decreasing versions.
+    Backward,
+}
+
+/// Options of a [`Store`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Options of the underlying log.
+    pub log: Options,
+    /// How many of the most recent event ids are remembered to make retried appends
+    /// idempotent (about 90 bytes each). Default 100 000. A retry of an append whose ids
+    /// have left this window is written again (with `ExpectedVersion::Exact` it then fails
+    /// its version check instead, which is why retries should use `Exact`).
+    pub recent_event_ids: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { log: Options::default(), recent_event_ids: 100_000 }
+    }
+}
+
+/// Size of the stream index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Streams.
+    pub streams: usize,
+    /// Events.
+    pub events: u64,
+    /// Approximate heap bytes held by the index, the recent-id window included.
+    pub heap_bytes: u64,
+}
+
+/// An event store over one directory.
+///
+/// `Store` is a cheap handle: clone it to share it between threads; every method is
+/// thread-safe.
+#[derive(Debug, Clone)]
+pub struct Store {
+    log: Log,
+    index: Arc<RwLock<StreamIndex>>,
+}
+
+/// Checks a stream id given as bytes: UTF-8, 1..=`STREAM_ID_BYTES_MAX` bytes.
+pub fn parse_stream_id(bytes: &[u8]) -> Result<&str> {
+    let s = std::str::from_utf8(bytes)
+        .map_err(|_| Error::InvalidStreamId { reason: "not UTF-8".into() })?;
+    check_stream_id(s)?;
+    Ok(s)
+}
+
+fn check_stream_id(s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::InvalidStreamId { reason: "empty".into() });
+    }
+    if s.len() > STREAM_ID_BYTES_MAX {
+        return Err(Error::InvalidStreamId {
+            reason: format!("{} bytes, the maximum is {STREAM_ID_BYTES_MAX}", s.len()),
+        });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        Store::open_with(Arc::new(StdFs), dir, opts)
+    }
+
+    /// Opens the store in `dir` on the given storage, recovering the log and rebuilding the
+    /// stream index from it.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: StoreOptions,
+    ) -> Result<Store> {
+        let log = Log::open_with(storage, dir, opts.log.clone())?;
+        let mut index = StreamIndex::new(opts.recent_event_ids);
+        for rec in log.cursor(0) {
+            let rec = rec?;
+            let body = decode(&rec)?;
+            index.push(body.stream_id, rec.seq, body.event_id);
+        }
+        Ok(Store { log, index: Arc::new(RwLock::new(index)) })
+    }
+
+    /// The underlying log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    fn read_index(&self) -> RwLockReadGuard<'_, StreamIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `events` to `stream` as one atomic batch, if the stream's version is what
+    /// `expected` says; otherwise writes nothing and fails with
+    /// [`Error::WrongExpectedVersion`].
+    ///
+    /// Idempotent: if the events' ids were appended to this stream before, at the position
+    /// `expected` implies (any position for `Any`/`StreamExists`), and are still within the
+    /// recent-id window, nothing is written and the original result is returned once it is
+    /// durable. A partial match fails with `WrongExpectedVersion`. Returns when the events
+    /// are as durable as the log's policy promises.
+    pub fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult> {
+        check_stream_id(stream)?;
+        if events.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        if events.len() > BATCH_EVENTS_MAX {
+            return Err(Error::TooManyEvents { count: events.len(), max: BATCH_EVENTS_MAX });
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut bodies = Vec::with_capacity(events.len());
+        for e in events {
+            if e.event_type.is_empty() || e.event_type.len() > EVENT_TYPE_BYTES_MAX {
+                return Err(Error::InvalidEventType {
+                    reason: format!(
+                        "{} bytes, allowed 1..={EVENT_TYPE_BYTES_MAX}",
+                        e.event_type.len()
+                    ),
+                });
+            }
+            let id = *e.event_id.unwrap_or_else(Uuid::now_v7).as_bytes();
+            let body = EventBody {
+                stream_id: stream,
+                event_type: &e.event_type,
+                event_id: id,
+                metadata: &e.metadata,
+                data: &e.data,
+            };
+            let mut buf = Vec::new();
+            if body.encoded_len() > self.log.max_record_bytes() as usize {
+                return Err(Error::RecordTooLarge {
+                    len: body.encoded_len() as u64,
+                    max: self.log.max_record_bytes().into(),
+                });
+            }
+            body.encode_into(&mut buf);
+            ids.push(id);
+            bodies.push(buf);
+        }
+        let outcome: Arc<Mutex<Option<AppendResult>>> = Arc::default();
+        let hook = {
+            let index = Arc::clone(&self.index);
+            let outcome = Arc::clone(&outcome);
+            let stream: Arc<str> = Arc::from(stream);
+            move |ctx: crate::commit::CommitCtx| -> Result<bool> {
+                let mut ix = index.write().unwrap_or_else(|e| e.into_inner());
+                let decided = check_and_index(&mut ix, &stream, expected, &ids, ctx.first_seq)?;
+                let write = decided.1;
+                *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(decided.0);
+                Ok(write)
+            }
+        };
+        let appended = self.log.append_hooked(&bodies, Box::new(hook))?;
+        let result = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let result = result.ok_or(Error::Closed)?;
+        if appended.count == 0 && self.log.visible_end() <= result.last_seq() {
+            // A retry of an append that is written but not yet durable: wait for it.
+            self.log.sync()?;
+        }
+        Ok(result)
+    }
+
+    /// The version of the stream's last visible event, or `None` if it has none.
+    pub fn stream_version(&self, stream: &str) -> Option<u64> {
+        let visible = self.log.visible_end();
+        let ix = self.read_index();
+        let seqs = ix.seqs(stream)?;
+        (seqs.partition_point(|&s| s < visible) as u64).checked_sub(1)
+    }
+
+    /// Up to `max_count` events of `stream` starting at version `from_version` (inclusive),
+    /// forwards or backwards. Backwards from `u64::MAX` starts at the last event. A missing
+    /// stream reads as empty.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let visible = self.log.visible_end();
+        let picked: Vec<(u64, u64)> = {
+            let ix = self.read_index();
+            let Some(seqs) = ix.seqs(stream) else { return Ok(Vec::new()) };
+            let n = seqs.partition_point(|&s| s < visible) as u64;
+            let versions: Box<dyn Iterator<Item = u64>> = match direction {
+                Direction::Forward => Box::new(from_version..n),
+                Direction::Backward if n == 0 => Box::new(std::iter::empty()),
+                Direction::Backward => Box::new((0..=from_version.min(n - 1)).rev()),
+            };
+            versions.take(max_count).filter_map(|v| seqs.get(v as usize).map(|&s| (v, s))).collect()
+        };
+        picked.into_iter().map(|(version, seq)| self.event_at(seq, Some(version))).collect()
+    }
+
+    /// The events of `stream` with seq at most `seq`: the stream as it was at that point.
+    pub fn read_stream_as_of(&self, stream: &str, seq: u64) -> Result<Vec<RecordedEvent>> {
+        let visible = self.log.visible_end();
+        let picked: Vec<u64> = {
+            let ix = self.read_index();
+            let Some(seqs) = ix.seqs(stream) else { return Ok(Vec::new()) };
+            seqs.iter().copied().take_while(|&s| s <= seq && s < visible).collect()
+        };
+        picked.into_iter().enumerate().map(|(v, s)| self.event_at(s, Some(v as u64))).collect()
+    }
+
+    /// Up to `max_count` events of the streams in `category` (see [`category_of`]) with seq at
+    /// least `from_seq`, in log order.
+    pub fn read_category(
+        &self,
+        category: &str,
+        from_seq: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let visible = self.log.visible_end();
+        let picked: Vec<u64> = {
+            let ix = self.read_index();
+            let Some(seqs) = ix.category_seqs(category) else { return Ok(Vec::new()) };
+            let start = seqs.partition_point(|&s| s < from_seq);
+            seqs.iter().skip(start).copied().take_while(|&s| s < visible).take(max_count).collect()
+        };
+        picked.into_iter().map(|s| self.event_at(s, None)).collect()
+    }
+
+    /// Every event from `from_seq` on, in global order, up to the visible end (re-checked on
+    /// each step).
+    pub fn read_all(&self, from_seq: u64) -> AllEvents {
+        AllEvents { store: self.clone(), cursor: self.log.cursor(from_seq) }
+    }
+
+    /// The ids of every stream with at least one visible event, sorted.
+    pub fn streams(&self) -> Vec<String> {
+        let visible = self.log.visible_end();
+        let ix = self.read_index();
+        let mut out: Vec<String> = ix
+            .stream_ids()
+            .filter(|id| ix.seqs(id).and_then(|s| s.first()).is_some_and(|&s| s < visible))
+            .map(|id| id.to_string())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Size of the stream index.
+    pub fn index_stats(&self) -> IndexStats {
+        let ix = self.read_index();
+        IndexStats { streams: ix.stream_count(), events: ix.events(), heap_bytes: ix.heap_bytes() }
+    }
+
+    /// Closes the store cleanly (see [`Log::close`]).
+    pub fn close(self) -> Result<()> {
+        self.log.close()
+    }
+
+    fn event_at(&self, seq: u64, version: Option<u64>) -> Result<RecordedEvent> {
+        let rec = self.log.read(seq)?;
+        self.to_event(rec, version)
+    }
+
+    fn to_event(&self, rec: Record, version: Option<u64>) -> Result<RecordedEvent> {
+        let body = decode(&rec)?;
+        let version =
+            match version {
+                Some(v) => v,
+                None => self.read_index().version_of(body.stream_id, rec.seq).ok_or(
+                    Error::BadEvent { seq: rec.seq, reason: "event is not in the index".into() },
+                )?,
+            };
+        Ok(RecordedEvent {
+            stream_id: body.stream_id.to_owned(),
+            event_type: body.event_type.to_owned(),
+            event_id: Uuid::from_bytes(body.event_id),
+            version,
+            seq: rec.seq,
+            metadata: rec.payload.slice_ref(body.metadata),
+            data: rec.payload.slice_ref(body.data),
+        })
+    }
+}
+
+fn decode(rec: &Record) -> Result<EventBody<'_>> {
+    EventBody::decode(&rec.payload)
+        .map_err(|e| Error::BadEvent { seq: rec.seq, reason: e.to_string() })
+}
+
+/// The leader-side decision for one append: idempotent replay, version check, and indexing.
+/// Returns the result and whether the batch must be written.
+fn check_and_index(
+    ix: &mut StreamIndex,
+    stream: &Arc<str>,
+    expected: ExpectedVersion,
+    ids: &[[u8; 16]],
+    first_seq: u64,
+) -> Result<(AppendResult, bool)> {
+    let count = ids.len() as u32;
+    let len = ix.len_of(stream);
+    let wrong = || Error::WrongExpectedVersion {
+        stream: stream.to_string(),
+        expected,
+        actual: len.checked_sub(1),
+    };
+    if let Some(first) = ids.first().and_then(|id| ix.recent(id))
+        && first.stream == *stream
+    {
+        let position_ok = match expected {
+            ExpectedVersion::Exact(v) => v.checked_add(1) == Some(first.version),
+            ExpectedVersion::NoStream => first.version == 0,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
+        };
+        let all_match = ids.iter().enumerate().all(|(i, id)| {
+            ix.recent(id)
+                .is_some_and(|e| e.stream == *stream && e.version == first.version + i as u64)
+        });
+        if position_ok && all_match {
+            let result = AppendResult { first_seq: first.seq, first_version: first.version, count };
+            return Ok((result, false));
+        }
+        return Err(wrong());
+    }
+    let ok = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => len == 0,
+        ExpectedVersion::StreamExists => len > 0,
+        ExpectedVersion::Exact(v) => v.checked_add(1) == Some(len),
+    };
+    if !ok {
+        return Err(wrong());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        ix.push(stream, first_seq + i as u64, *id);
+    }
+    Ok((AppendResult { first_seq, first_version: len, count }, true))
+}
+
+/// Iterator over all events in global order (see [`Store::read_all`]).
+#[derive(Debug)]
+pub struct AllEvents {
+    store: Store,
+    cursor: Cursor,
+}
+
+impl Iterator for AllEvents {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rec = self.cursor.next()?;
+        Some(rec.and_then(|r| self.store.to_event(r, None)))
+    }
+}
