@@ -26,6 +26,6 @@ pub use log::{Appended, Cursor, Log, Record, RecoveryReport, TruncatedTail};
 pub use options::{Durability, Options};
 pub use stats::StatsSnapshot;
 pub use streams::{
-    AllEvents, AppendResult, Direction, ExpectedVersion, IndexStats, NewEvent, RecordedEvent,
-    Store, StoreOptions, category_of, parse_stream_id,
+    AllEvents, AppendResult, CheckpointState, Direction, ExpectedVersion, IndexStats, NewEvent,
+    RecordedEvent, Store, StoreOptions, StoreRecovery, category_of, parse_stream_id,
 };

@@ -61,3 +61,10 @@ pub const EVENT_TYPE_BYTES_MAX: usize = 256;
 
 /// Most events one `Store::append` call may write (one atomic batch).
 pub const BATCH_EVENTS_MAX: usize = 10_000;
+
+/// Bytes of the fixed header of the stream-index checkpoint (format-spec.md §12).
+pub const CHECKPOINT_HEADER_BYTES: usize = 64;
+
+/// Largest stream-index checkpoint file read back; a larger one is treated as damaged and
+/// the index is rebuilt from the log.
+pub const CHECKPOINT_BYTES_MAX: u64 = 4 << 30;

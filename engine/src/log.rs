@@ -342,6 +342,11 @@ impl Log {
         self.inner.log_id
     }
 
+    /// Whether the log was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
     /// The largest record payload this log accepts.
     pub fn max_record_bytes(&self) -> u32 {
         self.inner.opts.max_record_bytes

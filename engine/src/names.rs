@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// The lock file at the root of a store directory.
 pub const LOCK_FILE: &str = "LOCK";
+/// The stream-index checkpoint at the root of a store directory.
+pub const STREAM_CHECKPOINT_FILE: &str = "streams.ckpt";
 /// The directory holding segments and their indexes.
 pub const SEGMENTS_DIR: &str = "segments";
 /// Suffix of a temp file being written for an atomic replace or a segment being created.

@@ -11,6 +11,7 @@ mod index_file;
 mod segment_header;
 #[cfg(test)]
 mod spec_example;
+mod stream_checkpoint;
 
 pub use event::{EVENT_VERSION, EventBody};
 pub use frame::{
@@ -20,6 +21,7 @@ pub use frame::{
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};
 pub use segment_header::{FORMAT_VERSION, SEGMENT_MAGIC, SegmentHeader};
+pub use stream_checkpoint::{CHECKPOINT_MAGIC, CheckpointId, CheckpointStream, StreamCheckpoint};
 
 /// Why a buffer did not decode as the structure it was expected to hold.
 ///

@@ -159,14 +159,114 @@ pub struct IndexStats {
     pub heap_bytes: u64,
 }
 
+/// What opening a store found about its stream-index checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointState {
+    /// Loaded: only the log after `covered_seq` was replayed.
+    Loaded {
+        /// Events below this seq came from the checkpoint.
+        covered_seq: u64,
+    },
+    /// There was none: the whole log was replayed.
+    Missing,
+    /// It was unusable (damaged, foreign, or ahead of the log) and was ignored: the whole
+    /// log was replayed, and the next checkpoint replaces it.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What opening a store did to rebuild its stream index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRecovery {
+    /// The checkpoint's fate.
+    pub checkpoint: CheckpointState,
+    /// Events read from the log to complete the index.
+    pub replayed_events: u64,
+}
+
 /// An event store over one directory.
 ///
 /// `Store` is a cheap handle: clone it to share it between threads; every method is
-/// thread-safe.
+/// thread-safe. The stream index is checkpointed to `streams.ckpt` in the background after
+/// each segment roll and at close, so an open replays only the log after the checkpoint.
 #[derive(Debug, Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
     log: Log,
     index: Arc<RwLock<StreamIndex>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    log: Log,
+    index: Arc<RwLock<StreamIndex>>,
+    storage: Arc<dyn Storage>,
+    checkpoint_path: std::path::PathBuf,
+    recovery: StoreRecovery,
+    /// Segment rolls seen when the last checkpoint was requested.
+    rolls_checkpointed: std::sync::atomic::AtomicU64,
+    wake: crossbeam_channel::Sender<()>,
+    closed: std::sync::atomic::AtomicBool,
+    /// Serialises checkpoint writers (the background thread and `close`), which share one
+    /// temp file name.
+    writing: Mutex<()>,
+}
+
+impl Shared {
+    /// Writes the index as of the visible end, atomically.
+    fn write_checkpoint(&self) -> Result<()> {
+        let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let covered = self.log.visible_end();
+        let bytes = {
+            let ix = self.index.read().unwrap_or_else(|e| e.into_inner());
+            ix.to_checkpoint(self.log.log_id(), covered)
+        }
+        .encode();
+        crate::fs::write_atomic(self.storage.as_ref(), &self.checkpoint_path, &bytes)
+            .map_err(|e| Error::io("write checkpoint", &self.checkpoint_path, e))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if !self.closed.load(std::sync::atomic::Ordering::Acquire) && !self.log.is_read_only() {
+            let _ = self.write_checkpoint();
+        }
+    }
+}
+
+/// Loads and validates the checkpoint for `log`.
+fn load_checkpoint(
+    storage: &dyn Storage,
+    path: &Path,
+    log: &Log,
+) -> std::result::Result<crate::format::StreamCheckpoint, CheckpointState> {
+    let rejected = |reason: String| CheckpointState::Rejected { reason };
+    let file = match storage.open(path, crate::fs::OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CheckpointState::Missing),
+        Err(e) => return Err(rejected(e.to_string())),
+    };
+    let len = file.len().map_err(|e| rejected(e.to_string()))?;
+    if len > crate::limits::CHECKPOINT_BYTES_MAX {
+        return Err(rejected(format!("{len} bytes is over the limit")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, 0).map_err(|e| rejected(e.to_string()))?;
+    let ck = crate::format::StreamCheckpoint::decode(&buf).map_err(|e| rejected(e.to_string()))?;
+    if ck.log_id != log.log_id() {
+        return Err(rejected("it belongs to another store".into()));
+    }
+    if ck.covered_seq > log.visible_end() {
+        return Err(rejected(format!(
+            "it covers seq {} but the log ends at {}",
+            ck.covered_seq,
+            log.visible_end()
+        )));
+    }
+    Ok(ck)
 }
 
 /// Checks a stream id given as bytes: UTF-8, 1..=`STREAM_ID_BYTES_MAX` bytes.
@@ -202,14 +302,60 @@ impl Store {
         dir: impl AsRef<Path>,
         opts: StoreOptions,
     ) -> Result<Store> {
-        let log = Log::open_with(storage, dir, opts.log.clone())?;
-        let mut index = StreamIndex::new(opts.recent_event_ids);
-        for rec in log.cursor(0) {
+        let log = Log::open_with(Arc::clone(&storage), dir, opts.log.clone())?;
+        let checkpoint_path = log.dir().join(crate::names::STREAM_CHECKPOINT_FILE);
+        let (mut index, from, checkpoint) =
+            match load_checkpoint(storage.as_ref(), &checkpoint_path, &log) {
+                Ok(ck) => {
+                    let covered_seq = ck.covered_seq;
+                    let ix = StreamIndex::from_checkpoint(ck, opts.recent_event_ids);
+                    (ix, covered_seq, CheckpointState::Loaded { covered_seq })
+                }
+                Err(state) => (StreamIndex::new(opts.recent_event_ids), 0, state),
+            };
+        let mut replayed_events = 0;
+        for rec in log.cursor(from) {
             let rec = rec?;
             let body = decode(&rec)?;
             index.push(body.stream_id, rec.seq, body.event_id);
+            replayed_events += 1;
         }
-        Ok(Store { log, index: Arc::new(RwLock::new(index)) })
+        let index = Arc::new(RwLock::new(index));
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        let shared = Arc::new(Shared {
+            log: log.clone(),
+            index: Arc::clone(&index),
+            storage,
+            checkpoint_path,
+            recovery: StoreRecovery { checkpoint, replayed_events },
+            rolls_checkpointed: std::sync::atomic::AtomicU64::new(log.stats().rolls),
+            wake,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            writing: Mutex::new(()),
+        });
+        spawn_checkpointer(Arc::downgrade(&shared), woken);
+        Ok(Store { shared, log, index })
+    }
+
+    /// What opening the store did to rebuild its stream index.
+    pub fn recovery(&self) -> &StoreRecovery {
+        &self.shared.recovery
+    }
+
+    /// Writes the stream-index checkpoint now (it is also written after segment rolls and
+    /// at close).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.shared.write_checkpoint()
+    }
+
+    /// Asks the background checkpointer for a checkpoint if a segment was sealed since the
+    /// last one.
+    fn after_append(&self) {
+        use std::sync::atomic::Ordering;
+        let rolls = self.log.stats().rolls;
+        if self.shared.rolls_checkpointed.fetch_max(rolls, Ordering::AcqRel) < rolls {
+            let _ = self.shared.wake.try_send(());
+        }
     }
 
     /// The underlying log.
@@ -287,6 +433,7 @@ impl Store {
             }
         };
         let appended = self.log.append_hooked(&bodies, Box::new(hook))?;
+        self.after_append();
         let result = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = result.ok_or(Error::Closed)?;
         if appended.count == 0 && self.log.visible_end() <= result.last_seq() {
@@ -383,9 +530,13 @@ impl Store {
         IndexStats { streams: ix.stream_count(), events: ix.events(), heap_bytes: ix.heap_bytes() }
     }
 
-    /// Closes the store cleanly (see [`Log::close`]).
+    /// Closes the store cleanly: writes the stream-index checkpoint, then closes the log
+    /// (see [`Log::close`]).
     pub fn close(self) -> Result<()> {
-        self.log.close()
+        let written = self.shared.write_checkpoint();
+        self.shared.closed.store(true, std::sync::atomic::Ordering::Release);
+        let closed = self.log.close();
+        written.and(closed)
     }
 
     fn event_at(&self, seq: u64, version: Option<u64>) -> Result<RecordedEvent> {
@@ -466,6 +617,20 @@ fn check_and_index(
         ix.push(stream, first_seq + i as u64, *id);
     }
     Ok((AppendResult { first_seq, first_version: len, count }, true))
+}
+
+/// The background thread that writes checkpoints when asked. It holds only a weak reference
+/// and ends with the last store handle.
+fn spawn_checkpointer(shared: std::sync::Weak<Shared>, woken: crossbeam_channel::Receiver<()>) {
+    let spawned = std::thread::Builder::new().name("annal-checkpoint".into()).spawn(move || {
+        while woken.recv().is_ok() {
+            let Some(shared) = shared.upgrade() else { return };
+            // A failed checkpoint costs only replay time at the next open.
+            let _ = shared.write_checkpoint();
+        }
+    });
+    // Without the thread, checkpoints are still written at close.
+    let _ = spawned;
 }
 
 /// Iterator over all events in global order (see [`Store::read_all`]).
