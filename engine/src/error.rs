@@ -144,6 +144,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Event data or metadata did not encode or decode with the chosen codec.
+    #[error("codec: {reason}")]
+    Codec {
+        /// The codec's message.
+        reason: String,
+    },
     /// Options that cannot work together.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

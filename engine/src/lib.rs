@@ -29,3 +29,5 @@ pub use streams::{
     AllEvents, AppendResult, CheckpointState, Direction, ExpectedVersion, IndexStats, NewEvent,
     RecordedEvent, Store, StoreOptions, StoreRecovery, category_of, parse_stream_id,
 };
+#[cfg(feature = "serde")]
+pub use streams::{CAUSATION_ID, CORRELATION_ID};

@@ -9,6 +9,8 @@
 //! appends to different streams share group commits.
 
 mod index;
+#[cfg(feature = "serde")]
+mod typed;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -18,6 +20,8 @@ use uuid::Uuid;
 
 use index::StreamIndex;
 pub use index::category_of;
+#[cfg(feature = "serde")]
+pub use typed::{CAUSATION_ID, CORRELATION_ID};
 
 use crate::error::{Error, Result};
 use crate::format::EventBody;
