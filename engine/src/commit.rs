@@ -223,6 +223,9 @@ impl Inner {
                     // poison (a full disk at segment creation); otherwise nobody is acked.
                     let ok = self.poison.get().is_none();
                     for (tx, a) in done.drain(..) {
+                        if ok {
+                            self.count_append(&a);
+                        }
                         let _ = tx.send(if ok { Ok(a) } else { Err(e.clone()) });
                     }
                     let _ = p.tx.send(Err(e.clone()));
@@ -272,12 +275,18 @@ impl Inner {
         for (tx, a) in done {
             let _ = tx.send(match &result {
                 Ok(()) => {
-                    self.stats.appends.fetch_add(1, Ordering::Relaxed);
-                    self.stats.records.fetch_add(u64::from(a.count), Ordering::Relaxed);
+                    self.count_append(&a);
                     Ok(a)
                 }
                 Err(e) => Err(e.clone()),
             });
+        }
+    }
+
+    fn count_append(&self, a: &Appended) {
+        if a.count > 0 {
+            self.stats.appends.fetch_add(1, Ordering::Relaxed);
+            self.stats.records.fetch_add(u64::from(a.count), Ordering::Relaxed);
         }
     }
 
@@ -288,8 +297,11 @@ impl Inner {
         if !ws.buf.is_empty() {
             let path = &ws.active.path;
             if let Err(e) = ws.active.file.write_all_at(&ws.buf, ws.write_pos) {
+                let end = ws.write_pos + ws.buf.len() as u64;
                 ws.buf.clear();
-                return Err(self.poison(Error::io("write", path, e)));
+                let e = self.poison(Error::io("write", path, e));
+                self.discard_unsynced(ws, end);
+                return Err(e);
             }
             self.stats.groups.fetch_add(1, Ordering::Relaxed);
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -308,12 +320,37 @@ impl Inner {
     fn sync_active(&self, ws: &mut WriterState) -> Result<()> {
         let started = Instant::now();
         if let Err(e) = ws.active.file.sync_data() {
-            return Err(self.poison(Error::io("fdatasync", &ws.active.path, e)));
+            let e = self.poison(Error::io("fdatasync", &ws.active.path, e));
+            self.discard_unsynced(ws, ws.write_pos);
+            return Err(e);
         }
         self.stats.record_fsync(started.elapsed().as_nanos() as u64);
         ws.synced_pos = ws.write_pos;
         self.durable.store(ws.next_seq, Ordering::Release);
         Ok(())
+    }
+
+    /// After a failed write or fsync: the bytes after the last successful fsync may be in the
+    /// page cache only, and Linux has marked them clean, so no later fsync will write them.
+    /// A reopen in this process would read them back as if they were durable and build on
+    /// them. Best effort, they are copied aside and cut from the segment, so a reopen sees
+    /// exactly the durable log. None of them was acknowledged as durable.
+    fn discard_unsynced(&self, ws: &WriterState, end: u64) {
+        let from = ws.synced_pos;
+        if end <= from {
+            return;
+        }
+        let seg = &ws.active;
+        let _ = segment::move_aside(
+            self.storage.as_ref(),
+            &seg.path,
+            seg.base,
+            seg.file.as_ref(),
+            from,
+            end,
+        );
+        seg.readable_end.fetch_min(from, Ordering::AcqRel);
+        let _ = seg.file.set_len(from);
     }
 
     /// Makes what was written visible to readers according to the policy.
@@ -362,23 +399,17 @@ impl Inner {
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_written.fetch_add(FRAME_HEADER_BYTES as u64, Ordering::Relaxed);
         old.readable_end.store(seal_at + FRAME_HEADER_BYTES as u64, Ordering::Release);
-        let _ = old.sealed.set(Sealed { next_seq: ws.next_seq, seal_at, map: OnceLock::new() });
-        let header = IndexHeader {
-            log_id: self.log_id,
-            segment_base: old.base,
-            end_offset: seal_at,
-            end_seq: ws.next_seq,
-        };
-        let ix = old.index.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if index::store(
-            self.storage.as_ref(),
-            &old.path.with_file_name(crate::names::index_file_name(old.base)),
-            &header,
-            &ix,
-        )
-        .is_err()
+        let data_end = seal_at + FRAME_HEADER_BYTES as u64;
+        let _ = old.sealed.set(Sealed {
+            next_seq: ws.next_seq,
+            seal_at,
+            data_end,
+            map: OnceLock::new(),
+        });
+        if let Err(e) = self.store_index(&old)
+            && self.poison.get().is_some()
         {
-            self.stats.index_write_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
         }
         let seg = Arc::new(Segment::new(base, path, file));
         let _ = seg.index_loaded.set(());
@@ -434,9 +465,21 @@ impl Inner {
             end_seq: ws.next_seq,
         };
         let ix = ws.active.index.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let path = ws.active.path.with_file_name(crate::names::index_file_name(ws.active.base));
-        index::store(self.storage.as_ref(), &path, &header, &ix)
-            .map_err(|e| Error::io("write index", &path, e))
+        let path = ws.active.index_path();
+        // The close frame is durable now; without the index the next open scans the active
+        // segment instead of trusting the close frame, which is slower but just as correct.
+        index::store(self.storage.as_ref(), &path, &header, &ix).map_err(|e| {
+            match Error::io("write index", &path, e) {
+                full @ Error::StorageFull { .. } => full,
+                other => self.poison(other),
+            }
+        })?;
+        // Indexes that readers rebuilt in memory because their file was missing or bad.
+        let sealed: Vec<_> = self.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for seg in sealed.iter().filter(|s| s.index_dirty.load(Ordering::Acquire)) {
+            self.store_index(seg)?;
+        }
+        Ok(())
     }
 }
 

@@ -208,6 +208,24 @@ pub enum CorruptionKind {
         /// The seq the missing segment starts at.
         next_seq: u64,
     },
+    /// The last segment holds fewer records than its index file says were durable at a
+    /// clean close: it was replaced by an older copy or lost its end.
+    #[error("segment ends at seq {found}, but its index says seqs up to {promised} were durable")]
+    StaleSegment {
+        /// One past the last seq the index file covers.
+        promised: u64,
+        /// One past the last seq found in the segment.
+        found: u64,
+    },
+    /// The segments directory holds index files or moved-aside bytes but no segment.
+    #[error("the segments are gone: index or moved-aside files remain, but no segment file")]
+    SegmentsGone,
+    /// More segment files than `SEGMENTS_MAX`.
+    #[error("{count} segment files exceed the limit")]
+    TooManySegments {
+        /// Segment files found.
+        count: u64,
+    },
     /// A sealed (non-last) segment has no valid seal frame and its records do not end where
     /// the next segment begins.
     #[error(

@@ -30,8 +30,10 @@ pub const RECORD_BODY_BYTES_MAX: u32 = 64 << 20;
 /// costs `RECORD_HEADER_BYTES` each, so this also bounds per-batch bookkeeping.
 pub const BATCH_RECORDS_MAX: u32 = 1 << 20;
 
-/// Hard ceiling on a segment file's size; `Options::segment_bytes` may not exceed it.
-pub const SEGMENT_BYTES_MAX: u64 = 16 << 30;
+/// Hard ceiling on a segment file's size; `Options::segment_bytes` may not exceed it. At
+/// 4 GiB a batch body always fits the frame's 32-bit `body_bytes`; a larger file found at
+/// open is refused as damaged.
+pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
 
 /// Smallest segment a store may be configured with: room for the header, a frame and a seal.
 pub const SEGMENT_BYTES_MIN: u64 = 4096;

@@ -14,7 +14,10 @@ use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{Frame, FrameKind, IndexEntry, IndexHeader, PreparedBatch, log_tag};
 use crate::fs::{LockGuard, OpenMode, StdFs, Storage, StorageFile};
 use crate::index::{self, SparseIndex};
-use crate::limits::{BATCH_RECORDS_MAX, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENTS_MAX};
+use crate::limits::{
+    BATCH_RECORDS_MAX, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, SEGMENT_BYTES_MAX,
+    SEGMENT_HEADER_BYTES, SEGMENTS_MAX,
+};
 use crate::names::{self, SegmentDirEntry};
 use crate::options::{Durability, Options};
 use crate::segment::{self, Scan, Source, Stop};
@@ -52,7 +55,8 @@ pub struct TruncatedTail {
     pub segment: PathBuf,
     /// Offset of the first byte cut.
     pub offset: u64,
-    /// Bytes cut, up to the last non-zero byte.
+    /// Bytes cut, up to and including the last non-zero byte (the zeros of preallocated
+    /// space after it are not counted).
     pub bytes: u64,
     /// Records in batch headers that still decoded in the cut bytes. None of them had been
     /// acknowledged as durable under the durable policies (format-spec.md §7).
@@ -66,8 +70,8 @@ pub struct TruncatedTail {
 /// What opening the store found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// The store was closed cleanly: nothing was scanned but the tail after the last index
-    /// entry of the last segment.
+    /// The store was closed cleanly: every sealed segment was trusted through its seal, the
+    /// last one through the close frame its index points to, and no record was scanned.
     pub clean: bool,
     /// Segments found.
     pub segments: usize,
@@ -80,7 +84,14 @@ pub struct RecoveryReport {
     pub seals_completed: Vec<u64>,
     /// Leftover temp files of interrupted creates or replaces that were removed (writer only).
     pub temp_files_removed: Vec<String>,
-    /// Bytes of records scanned during recovery.
+    /// The last segment's index file was missing, damaged or stale, so its index was rebuilt
+    /// by scanning the segment (normal after a crash; counted in `stats().index_rebuilds`).
+    pub active_index_rebuilt: bool,
+    /// Bytes moved aside by this open (torn tails, bytes after a seal), as files named
+    /// `<segment>.broken-<offset>` beside the segment.
+    pub moved_aside: Vec<PathBuf>,
+    /// Bytes of frames scanned during recovery (segment headers and the close frame an index
+    /// points to are checked, not counted).
     pub scanned_bytes: u64,
 }
 
@@ -91,6 +102,9 @@ pub(crate) struct Sealed {
     pub next_seq: u64,
     /// Offset of its seal frame; the file ends right after it.
     pub seal_at: u64,
+    /// Bytes that belong to the segment: `seal_at` plus the seal frame, or just `seal_at`
+    /// when a read-only open found the seal missing (an interrupted roll).
+    pub data_end: u64,
     /// The map, made on first read where the storage supports it.
     pub map: OnceLock<Option<Arc<memmap2::Mmap>>>,
 }
@@ -104,6 +118,8 @@ pub(crate) struct Segment {
     /// The sparse index. For sealed segments it is loaded on first read.
     pub index: RwLock<SparseIndex>,
     pub index_loaded: OnceLock<()>,
+    /// The in-memory index was rebuilt by a reader and its file is missing or stale.
+    pub index_dirty: std::sync::atomic::AtomicBool,
     /// For the active segment: bytes readers may read (all frames below it are complete).
     pub readable_end: AtomicU64,
     pub sealed: OnceLock<Sealed>,
@@ -117,6 +133,7 @@ impl Segment {
             file,
             index: RwLock::new(SparseIndex::default()),
             index_loaded: OnceLock::new(),
+            index_dirty: std::sync::atomic::AtomicBool::new(false),
             readable_end: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
             sealed: OnceLock::new(),
         }
@@ -128,16 +145,16 @@ impl Segment {
         if let Some(s) = self.sealed.get() {
             let map = s.map.get_or_init(|| self.file.map().ok().flatten().map(Arc::new));
             if let Some(m) = map
-                && m.len() as u64 == s.seal_at + FRAME_HEADER_BYTES as u64
+                && m.len() as u64 == s.data_end
             {
                 return Source::Mapped(Arc::clone(m));
             }
-            return Source::file(Arc::clone(&self.file), s.seal_at + FRAME_HEADER_BYTES as u64);
+            return Source::file(Arc::clone(&self.file), s.data_end);
         }
         Source::file(Arc::clone(&self.file), self.readable_end.load(Ordering::Acquire))
     }
 
-    fn index_path(&self) -> PathBuf {
+    pub(crate) fn index_path(&self) -> PathBuf {
         self.path.with_file_name(names::index_file_name(self.base))
     }
 }
@@ -223,13 +240,13 @@ impl Log {
         let dir = dir.to_path_buf();
         let seg_dir = names::segments_dir(&dir);
         let lock = if writable {
-            storage.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+            create_dir_durably(storage.as_ref(), &dir)?;
             let lock_path = dir.join(names::LOCK_FILE);
             let lock = storage
                 .try_lock(&lock_path)
                 .map_err(|e| Error::io("lock", &lock_path, e))?
                 .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
-            storage.create_dir_all(&seg_dir).map_err(|e| Error::io("create dir", &seg_dir, e))?;
+            create_dir_durably(storage.as_ref(), &seg_dir)?;
             Some(lock)
         } else {
             if !storage.exists(&seg_dir).map_err(|e| Error::io("stat", &seg_dir, e))? {
@@ -251,7 +268,7 @@ impl Log {
             durable: AtomicU64::new(next_seq),
             committer: Committer::new(writer),
             poison: OnceLock::new(),
-            stats: Stats::default(),
+            stats: Stats::after_recovery(&report),
             recovery: report,
             opts,
             read_only: !writable,
@@ -406,7 +423,7 @@ impl Inner {
             return Ok(());
         }
         let path = seg.index_path();
-        let data_len = sealed.seal_at + FRAME_HEADER_BYTES as u64;
+        let data_len = sealed.data_end;
         let loaded = index::load(self.storage.as_ref(), &path, &self.log_id, seg.base, data_len)
             .ok()
             .filter(|(h, _)| h.end_offset == sealed.seal_at && h.end_seq == sealed.next_seq);
@@ -425,14 +442,17 @@ impl Inner {
         let params = segment::ScanParams {
             base: seg.base,
             log_tag: self.log_tag,
-            max_payload: self.opts.max_record_bytes,
+            max_payload: RECORD_BODY_BYTES_MAX,
             interval: self.opts.index_interval_bytes,
         };
         let start = SEGMENT_HEADER_BYTES as u64;
         let scan = segment::scan(&mut src, params, start, seg.base, SparseIndex::default())
             .map_err(|e| Error::io("read", &seg.path, e))?;
+        // The records must end exactly where the seal is (or, for a segment whose seal a
+        // read-only open found missing, where it would be).
+        let complete = scan.end_offset == sealed.seal_at && scan.next_seq == sealed.next_seq;
         match scan.stop {
-            Stop::Sealed { at } if at == sealed.seal_at && scan.next_seq == sealed.next_seq => {}
+            _ if complete => {}
             Stop::Invalid { at, kind } => return Err(Error::corrupt(&seg.path, at, kind)),
             _ => {
                 let kind =
@@ -440,16 +460,64 @@ impl Inner {
                 return Err(Error::corrupt(&seg.path, scan.end_offset, kind));
             }
         }
+        // Readers never write: the writer persists the rebuilt index at close.
+        seg.index_dirty.store(true, Ordering::Release);
+        Ok(scan.index)
+    }
+
+    /// Rebuilds the active segment's index from its readable bytes, keeping the entries the
+    /// writer has added since for batches beyond them.
+    fn rebuild_active_index(&self, seg: &Segment) -> Result<()> {
+        self.stats.index_rebuilds.fetch_add(1, Ordering::Relaxed);
+        let end = seg.readable_end.load(Ordering::Acquire);
+        let mut src = Source::file(Arc::clone(&seg.file), end);
+        let params = segment::ScanParams {
+            base: seg.base,
+            log_tag: self.log_tag,
+            max_payload: RECORD_BODY_BYTES_MAX,
+            interval: self.opts.index_interval_bytes,
+        };
+        let start = SEGMENT_HEADER_BYTES as u64;
+        let scan = segment::scan(&mut src, params, start, seg.base, SparseIndex::default())
+            .map_err(|e| Error::io("read", &seg.path, e))?;
+        if let Stop::Invalid { at, kind } = scan.stop {
+            return Err(Error::corrupt(&seg.path, at, kind));
+        }
+        let mut ix = seg.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut entries = scan.index.entries().to_vec();
+        entries.extend(ix.entries().iter().filter(|e| e.offset >= scan.end_offset));
+        *ix = SparseIndex::from_entries(entries);
+        Ok(())
+    }
+
+    /// Writes the index file of a sealed segment (writer only). A failure poisons the log:
+    /// index files share the segments' directory, and a failed write or fsync there means
+    /// the directory's state cannot be trusted.
+    pub(crate) fn store_index(&self, seg: &Segment) -> Result<()> {
+        let Some(sealed) = seg.sealed.get() else { return Ok(()) };
         let header = IndexHeader {
             log_id: self.log_id,
             segment_base: seg.base,
             end_offset: sealed.seal_at,
             end_seq: sealed.next_seq,
         };
-        if index::store(self.storage.as_ref(), &seg.index_path(), &header, &scan.index).is_err() {
-            self.stats.index_write_failures.fetch_add(1, Ordering::Relaxed);
+        let ix = seg.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let path = seg.index_path();
+        match index::store(self.storage.as_ref(), &path, &header, &ix) {
+            Ok(()) => {
+                seg.index_dirty.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => match Error::io("write index", &path, e) {
+                // Out of space writing a cache changes nothing the log relies on: keep the
+                // index in memory, mark it for writing at close, and go on.
+                full @ Error::StorageFull { .. } => {
+                    seg.index_dirty.store(true, Ordering::Release);
+                    Err(full)
+                }
+                other => Err(self.poison(other)),
+            },
         }
-        Ok(scan.index)
     }
 
     /// Positions a reader at the batch holding `seq`: returns the frame offset and the seq
@@ -457,14 +525,16 @@ impl Inner {
     /// against the frame it points to.
     fn seek(&self, seg: &Segment, src: &mut Source, seq: u64) -> Result<(u64, Frame)> {
         match self.seek_once(seg, src, seq) {
-            Err(Error::Corrupt { file, .. })
-                if file == seg.index_path() && seg.sealed.get().is_some() =>
-            {
-                // The index file passed its own checks but points at the wrong frame (stale,
-                // or from another segment): it is a cache, so rebuild it and try again.
-                let sealed = seg.sealed.get().ok_or(Error::Closed)?;
-                let ix = self.rebuild_index(seg, sealed)?;
-                *seg.index.write().unwrap_or_else(|e| e.into_inner()) = ix;
+            Err(Error::Corrupt { file, .. }) if file == seg.index_path() => {
+                // The index passed its own checks but points at the wrong frame (stale, or
+                // from another segment): it is a cache, so rebuild it and try again.
+                match seg.sealed.get() {
+                    Some(sealed) => {
+                        let ix = self.rebuild_index(seg, sealed)?;
+                        *seg.index.write().unwrap_or_else(|e| e.into_inner()) = ix;
+                    }
+                    None => self.rebuild_active_index(seg)?,
+                }
                 self.seek_once(seg, src, seq)
             }
             other => other,
@@ -479,7 +549,15 @@ impl Inner {
         let mut off = start.offset;
         let mut first = true;
         loop {
-            let f = segment::frame_at(src, off, self.log_tag).map_err(|e| e.at(&seg.path, off))?;
+            let f = match segment::frame_at(src, off, self.log_tag) {
+                Ok(f) => f,
+                // An index entry must point at a valid frame: if it does not, the index is
+                // what is wrong (the caller rebuilds it and tries again).
+                Err(segment::FrameError::Bad(kind)) if first && entry.is_some() => {
+                    return Err(Error::corrupt(seg.index_path(), off, kind));
+                }
+                Err(e) => return Err(e.at(&seg.path, off)),
+            };
             if first && entry.is_some() && (f.kind != FrameKind::Batch || f.seq != start.seq) {
                 // The entry does not describe the frame it points to: the index is wrong.
                 let kind = CorruptionKind::SeqMismatch { expected: start.seq, found: f.seq };
@@ -515,6 +593,23 @@ struct Pos {
     rec_off: u64,
 }
 
+impl Pos {
+    /// Checks the zero padding of the current batch, which the format promises (a cursor
+    /// leaving a batch is the one reader that has walked all of it).
+    fn check_padding(&mut self) -> Result<()> {
+        let body_end =
+            self.frame_off + FRAME_HEADER_BYTES as u64 + u64::from(self.frame.body_bytes);
+        let pad = (self.frame_off + self.frame.total_bytes() - body_end) as usize;
+        let padding =
+            self.src.get(body_end, pad).map_err(|e| Error::io("read", &self.seg.path, e))?;
+        if padding.iter().any(|&b| b != 0) {
+            let kind = crate::format::DecodeError::ReservedNonZero;
+            return Err(Error::corrupt(&self.seg.path, body_end, kind));
+        }
+        Ok(())
+    }
+}
+
 /// An iterator over records from a seq up to the visible end, across segments.
 ///
 /// Each step re-reads the visible end, so a cursor that returned `None` yields more once
@@ -542,9 +637,16 @@ impl Cursor {
     fn step(&mut self) -> Result<Option<Record>> {
         let visible = self.inner.visible.load(Ordering::Acquire);
         if self.next >= visible {
+            if let Some(p) = self.pos.as_mut()
+                && p.frame.seq + u64::from(p.frame.count) <= self.next
+            {
+                p.check_padding()?;
+            }
             return Ok(None);
         }
-        let max = self.inner.opts.max_record_bytes;
+        // Reads believe any length up to the hard limit: the configured maximum bounds new
+        // appends only, so lowering it never hides what was acknowledged.
+        let max = RECORD_BODY_BYTES_MAX;
         let need_seek = match &self.pos {
             None => true,
             Some(p) => {
@@ -555,6 +657,9 @@ impl Cursor {
             }
         };
         if need_seek {
+            if let Some(p) = self.pos.as_mut() {
+                p.check_padding()?;
+            }
             let seq = self.next;
             let seg = self
                 .inner
@@ -575,6 +680,7 @@ impl Cursor {
         p.src.extend_to(p.seg.readable_end.load(Ordering::Acquire));
         // Move to the next batch in this segment if the current one is finished.
         while p.frame.seq + u64::from(p.frame.count) <= self.next {
+            p.check_padding()?;
             let off = p.frame_off + p.frame.total_bytes();
             let f = segment::frame_at(&mut p.src, off, self.inner.log_tag)
                 .map_err(|e| e.at(&p.seg.path, off))?;
@@ -624,6 +730,19 @@ impl Iterator for Cursor {
     }
 }
 
+/// Creates `dir` if it is missing and makes its entry durable (fsync of its parent), so a
+/// power loss cannot take away a directory that acknowledged data lives in.
+fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    if storage.exists(dir).map_err(|e| Error::io("stat", dir, e))? {
+        return Ok(());
+    }
+    storage.create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        storage.sync_dir(parent).map_err(|e| Error::io("sync dir", parent, e))?;
+    }
+    Ok(())
+}
+
 /// What recovery hands to `Log::open_with`.
 struct Recovered {
     log_id: [u8; 16],
@@ -640,6 +759,15 @@ struct Found {
     len: u64,
 }
 
+/// What recovery may do to the files (format-spec.md §7.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// A writer holding the lock: cut torn tails, complete seals, remove temp files.
+    Write,
+    /// A reader: decide the same, act on nothing.
+    ReadOnly,
+}
+
 /// Recovers the segments directory (format-spec.md §7).
 fn recover(
     storage: &dyn Storage,
@@ -647,39 +775,45 @@ fn recover(
     opts: &Options,
     writable: bool,
 ) -> Result<Recovered> {
+    let access = if writable { Access::Write } else { Access::ReadOnly };
     let mut report = RecoveryReport::default();
     let names = storage.read_dir(seg_dir).map_err(|e| Error::io("list", seg_dir, e))?;
     let mut bases = Vec::new();
+    let mut leftovers = 0usize;
     for name in names {
         match names::parse_segment_dir_entry(&name) {
             SegmentDirEntry::Segment(base) => bases.push(base),
-            SegmentDirEntry::Temp if writable => {
+            SegmentDirEntry::Temp if access == Access::Write => {
                 // An interrupted segment create or sidecar replace: it never became a file
                 // the store relies on, and a segment temp file never held a record.
                 let p = seg_dir.join(&name);
                 storage.remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
                 report.temp_files_removed.push(name);
             }
+            SegmentDirEntry::Index(_) | SegmentDirEntry::Broken => leftovers += 1,
             _ => {}
         }
     }
     if bases.len() > SEGMENTS_MAX {
-        return Err(Error::InvalidOptions(format!(
-            "{} segment files exceed the limit of {SEGMENTS_MAX}",
-            bases.len()
-        )));
+        let kind = CorruptionKind::TooManySegments { count: bases.len() as u64 };
+        return Err(Error::corrupt(seg_dir, 0, kind));
     }
     if !report.temp_files_removed.is_empty() {
         storage.sync_dir(seg_dir).map_err(|e| Error::io("sync dir", seg_dir, e))?;
     }
     bases.sort_unstable();
     if bases.is_empty() {
-        if !writable {
+        if leftovers > 0 {
+            // Index files or moved-aside bytes without any segment: the segments are gone.
+            // Starting a fresh store here would silently hide that.
+            return Err(Error::corrupt(seg_dir, 0, CorruptionKind::SegmentsGone));
+        }
+        if access == Access::ReadOnly {
             return Err(Error::NoStore { dir: seg_dir.to_path_buf() });
         }
         return create_fresh(storage, seg_dir, opts, report);
     }
-    let mode = if writable { OpenMode::ReadWrite } else { OpenMode::Read };
+    let mode = if access == Access::Write { OpenMode::ReadWrite } else { OpenMode::Read };
 
     // Every header first: identity and names, before trusting anything else.
     let mut found = Vec::with_capacity(bases.len());
@@ -698,6 +832,14 @@ fn recover(
             return Err(Error::corrupt(&path, 0, kind));
         }
         let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        if len > SEGMENT_BYTES_MAX {
+            let kind = crate::format::DecodeError::OutOfBounds {
+                field: "segment file length",
+                value: len,
+                max: SEGMENT_BYTES_MAX,
+            };
+            return Err(Error::corrupt(&path, 0, kind));
+        }
         found.push(Found { base, path, file, len });
     }
     let log_id = log_id.unwrap_or_default();
@@ -709,27 +851,29 @@ fn recover(
     }
 
     let mut segments = Vec::with_capacity(found.len());
-    let last_i = found.len() - 1;
-    for (i, f) in found.iter().enumerate() {
-        if i == last_i {
-            break;
-        }
-        let next_base = found.get(i + 1).map_or(0, |n| n.base);
-        let (seal_at, next_seq) =
-            recover_sealed(storage, f, next_base, tag, opts, writable, &mut report)?;
-        if next_seq != next_base {
-            if next_seq < next_base {
-                return Err(Error::MissingSegments { from: next_seq, to: next_base });
+    let mut all_sealed_trusted = true;
+    for pair in found.windows(2) {
+        let [f, next] = pair else { continue };
+        let (seal_at, next_seq, trusted) =
+            recover_sealed(storage, f, next.base, tag, access, &mut report)?;
+        // Without a writer to complete it, a missing seal stays missing.
+        let missing = access == Access::ReadOnly && report.seals_completed.last() == Some(&f.base);
+        let data_end = if missing { seal_at } else { seal_at + FRAME_HEADER_BYTES as u64 };
+        all_sealed_trusted &= trusted;
+        if next_seq != next.base {
+            if next_seq < next.base {
+                return Err(Error::MissingSegments { from: next_seq, to: next.base });
             }
-            let kind = CorruptionKind::SeqMismatch { expected: next_seq, found: next_base };
-            return Err(Error::corrupt(&found[i + 1].path, 0, kind));
+            let kind = CorruptionKind::SeqMismatch { expected: next_seq, found: next.base };
+            return Err(Error::corrupt(&next.path, 0, kind));
         }
         let seg = Segment::new(f.base, f.path.clone(), Arc::clone(&f.file));
-        let _ = seg.sealed.set(Sealed { next_seq, seal_at, map: OnceLock::new() });
+        let _ = seg.sealed.set(Sealed { next_seq, seal_at, data_end, map: OnceLock::new() });
         segments.push(Arc::new(seg));
     }
-    let last = &found[last_i];
-    let writer = recover_active(storage, last, &log_id, tag, opts, writable, &mut report)?;
+    let last = found.last().ok_or(Error::NoStore { dir: seg_dir.to_path_buf() })?;
+    let writer = recover_active(storage, last, &log_id, tag, opts, access, &mut report)?;
+    report.clean &= all_sealed_trusted;
     segments.push(Arc::clone(&writer.active));
     report.segments = segments.len();
     report.next_seq = writer.next_seq;
@@ -753,17 +897,17 @@ fn create_fresh(
     Ok(Recovered { log_id, segments: vec![seg], writer, report })
 }
 
-/// A non-last segment: trusted through its seal frame at the end of the file, else scanned.
-/// A segment whose seal is missing because a roll was interrupted has its seal completed.
+/// A non-last segment (format-spec.md §7.3, table S): trusted through its seal frame at the
+/// end of the file, else scanned. A segment whose seal is missing because a roll was
+/// interrupted has its seal completed. Returns (seal offset, next seq, trusted without scan).
 fn recover_sealed(
     storage: &dyn Storage,
     f: &Found,
     next_base: u64,
     tag: u64,
-    opts: &Options,
-    writable: bool,
+    access: Access,
     report: &mut RecoveryReport,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, bool)> {
     let mut src = Source::file(Arc::clone(&f.file), f.len);
     if let Some(at) = f.len.checked_sub(FRAME_HEADER_BYTES as u64)
         && at >= SEGMENT_HEADER_BYTES as u64
@@ -772,101 +916,106 @@ fn recover_sealed(
         && frame.seq >= f.base
         && u64::from(frame.count) == frame.seq - f.base
     {
-        return Ok((at, frame.seq));
+        return Ok((at, frame.seq, true));
     }
     // No trustworthy seal at the end of the file: walk the records.
-    let scan = scan_from_start(&mut src, f.base, tag, opts)?;
-    report.scanned_bytes += scan.end_offset;
-    match scan.stop {
-        Stop::Sealed { at } if !writable => Ok((at, scan.next_seq)),
+    let scan = scan_from_start(&mut src, f, tag)?;
+    report.scanned_bytes += scan.end_offset - SEGMENT_HEADER_BYTES as u64;
+    let bad = |kind: CorruptionKind, at: u64| Err(Error::corrupt(&f.path, at, kind));
+    match &scan.stop {
         Stop::Sealed { at } => {
-            // A seal followed by leftover preallocated space: cut the space (no records).
-            f.file
-                .set_len(at + FRAME_HEADER_BYTES as u64)
-                .map_err(|e| Error::io("truncate", &f.path, e))?;
-            f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
-            Ok((at, scan.next_seq))
+            // A seal with bytes after it (a crash between writing the seal and cutting the
+            // preallocated space): whatever follows the seal is not part of the log.
+            let after = at + FRAME_HEADER_BYTES as u64;
+            let survey = segment::survey_tail(&mut src, after, tag)
+                .map_err(|e| Error::io("read", &f.path, e))?;
+            if access == Access::Write {
+                cut_tail(storage, f, after, &survey, report)?;
+            }
+            Ok((*at, scan.next_seq, false))
         }
         Stop::EndOfData | Stop::Invalid { .. } => {
+            let end = scan.end_offset;
             if let Stop::Invalid { at, kind } = &scan.stop {
                 let survey = segment::survey_tail(&mut src, *at, tag)
                     .map_err(|e| Error::io("read", &f.path, e))?;
                 if let Some(valid_at) = survey.durable_proof {
                     let kind = CorruptionKind::MidLog { valid_at, cause: Box::new(kind.clone()) };
-                    return Err(Error::corrupt(&f.path, *at, kind));
+                    return bad(kind, *at);
                 }
-                if scan.next_seq != next_base {
-                    return Err(Error::corrupt(&f.path, *at, kind.clone()));
+                if scan.next_seq < next_base {
+                    // Records the next segment's base says exist are missing here.
+                    return bad(kind.clone(), *at);
                 }
             }
-            if scan.next_seq != next_base {
-                let kind =
-                    CorruptionKind::IncompleteSegment { end: scan.next_seq, next: next_base };
-                return Err(Error::corrupt(&f.path, scan.end_offset, kind));
+            if scan.next_seq < next_base {
+                return bad(
+                    CorruptionKind::IncompleteSegment { end: scan.next_seq, next: next_base },
+                    end,
+                );
+            }
+            if scan.next_seq > next_base {
+                return bad(
+                    CorruptionKind::SeqMismatch { expected: next_base, found: scan.next_seq },
+                    end,
+                );
             }
             // Interrupted roll: every record is here; only the seal is missing or torn.
             report.seals_completed.push(f.base);
-            if !writable {
-                return Ok((scan.end_offset, scan.next_seq));
+            if access == Access::ReadOnly {
+                return Ok((end, scan.next_seq, false));
             }
-            let survey = segment::survey_tail(&mut src, scan.end_offset, tag)
+            let survey = segment::survey_tail(&mut src, end, tag)
                 .map_err(|e| Error::io("read", &f.path, e))?;
-            cut_tail(storage, f, scan.end_offset, &survey)?;
-            let at = scan.end_offset;
+            cut_tail(storage, f, end, &survey, report)?;
             let seal = crate::format::encode_marker_frame(
                 FrameKind::Seal,
                 (scan.next_seq - f.base) as u32,
                 scan.next_seq,
-                at,
+                end,
                 tag,
             );
-            f.file.write_all_at(&seal, at).map_err(|e| Error::io("write", &f.path, e))?;
+            f.file.write_all_at(&seal, end).map_err(|e| Error::io("write", &f.path, e))?;
             f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
-            Ok((at, scan.next_seq))
+            Ok((end, scan.next_seq, false))
         }
     }
 }
 
-fn scan_from_start(src: &mut Source, base: u64, tag: u64, opts: &Options) -> Result<Scan> {
-    let params = segment::ScanParams {
-        base,
+fn scan_params(f: &Found, tag: u64, opts_interval: u64) -> segment::ScanParams {
+    segment::ScanParams {
+        base: f.base,
         log_tag: tag,
-        max_payload: opts.max_record_bytes,
-        interval: opts.index_interval_bytes,
-    };
-    segment::scan(src, params, SEGMENT_HEADER_BYTES as u64, base, SparseIndex::default())
-        .map_err(|e| Error::io("read", "segment", e))
+        max_payload: RECORD_BODY_BYTES_MAX,
+        interval: opts_interval,
+    }
 }
 
-/// Copies the bytes from `at` to the last non-zero byte aside (if any), then truncates the
-/// file to `at` and syncs it. Returns where the bytes went. Cut bytes were never durable
-/// parts of the log (format-spec.md §7), but they are a user's bytes all the same: they are
-/// moved aside, never just dropped.
+fn scan_from_start(src: &mut Source, f: &Found, tag: u64) -> Result<Scan> {
+    // Sealed segments get their index from their own file (or a rebuild on first read);
+    // this scan only decides where the records end.
+    let params = scan_params(f, tag, u64::MAX);
+    segment::scan(src, params, SEGMENT_HEADER_BYTES as u64, f.base, SparseIndex::default())
+        .map_err(|e| Error::io("read", &f.path, e))
+}
+
+/// Copies the bytes from `at` up to the last non-zero word aside (if any), then truncates
+/// the file to `at` and syncs it. Cut bytes were never durable parts of the log
+/// (format-spec.md §7), but they are a user's bytes all the same: they are moved aside,
+/// never just dropped. Copies in bounded chunks.
 fn cut_tail(
     storage: &dyn Storage,
     f: &Found,
     at: u64,
     survey: &segment::TailSurvey,
+    report: &mut RecoveryReport,
 ) -> Result<Option<PathBuf>> {
     let mut moved = None;
     if survey.nonzero_end > at {
-        let n = survey.nonzero_end - at;
-        // Bounded by the segment's length, which is bounded by SEGMENT_BYTES_MAX.
-        let mut buf = vec![0u8; n as usize];
-        f.file.read_exact_at(&mut buf, at).map_err(|e| Error::io("read", &f.path, e))?;
-        let dir = f.path.parent().unwrap_or(Path::new("."));
-        let mut target = dir.join(names::broken_tail_name(f.base, at));
-        let mut k = 1;
-        while storage.exists(&target).map_err(|e| Error::io("stat", &target, e))? {
-            target = dir.join(format!("{}.{k}", names::broken_tail_name(f.base, at)));
-            k += 1;
-        }
-        let out = storage
-            .open(&target, OpenMode::CreateNew)
-            .map_err(|e| Error::io("create", &target, e))?;
-        out.write_all_at(&buf, 0).map_err(|e| Error::io("write", &target, e))?;
-        out.sync_data().map_err(|e| Error::io("sync", &target, e))?;
-        storage.sync_dir(dir).map_err(|e| Error::io("sync dir", dir, e))?;
+        let target =
+            segment::move_aside(storage, &f.path, f.base, f.file.as_ref(), at, survey.nonzero_end)
+                .map_err(|e| Error::io("move aside", &f.path, e))?;
+        report.moved_aside.push(target.clone());
         moved = Some(target);
     }
     f.file.set_len(at).map_err(|e| Error::io("truncate", &f.path, e))?;
@@ -874,15 +1023,16 @@ fn cut_tail(
     Ok(moved)
 }
 
-/// The last segment: trusted up to the close frame its index file points to, then scanned
-/// to the end; a torn tail is cut and reported, damage to durable data is an error.
+/// The last segment (format-spec.md §7.3, table L): trusted up to the close frame its index
+/// file points to, then scanned to the end; a torn tail is cut and reported, damage to
+/// durable data is an error.
 fn recover_active(
     storage: &dyn Storage,
     f: &Found,
     log_id: &[u8; 16],
     tag: u64,
     opts: &Options,
-    writable: bool,
+    access: Access,
     report: &mut RecoveryReport,
 ) -> Result<WriterState> {
     let mut src = Source::file(Arc::clone(&f.file), f.len);
@@ -891,7 +1041,11 @@ fn recover_active(
     // The last trusted point: the close frame the index file was written at.
     let mut start = (SEGMENT_HEADER_BYTES as u64, f.base, SparseIndex::default());
     let mut from_index = false;
-    if let Ok((h, ix)) = index::load(storage, &seg.index_path(), log_id, f.base, f.len) {
+    // An index file is only written once its close frame is durable: the records it covers
+    // must still be there, whatever else happened to the segment.
+    let mut promised = None;
+    if let Ok((h, ix)) = index::load(storage, &seg.index_path(), log_id, f.base, u64::MAX) {
+        promised = Some(h.end_seq);
         let close_ok = segment::frame_at(&mut src, h.end_offset, tag).is_ok_and(|c| {
             c.kind == FrameKind::Close
                 && c.seq == h.end_seq
@@ -903,21 +1057,26 @@ fn recover_active(
         }
     }
     let (start_off, start_seq, ix) = start;
-    let params = segment::ScanParams {
-        base: f.base,
-        log_tag: tag,
-        max_payload: opts.max_record_bytes,
-        interval: opts.index_interval_bytes,
-    };
+    let params = scan_params(f, tag, opts.index_interval_bytes);
     let scan = segment::scan(&mut src, params, start_off, start_seq, ix)
         .map_err(|e| Error::io("read", &f.path, e))?;
+    if let Some(end_seq) = promised
+        && scan.next_seq < end_seq
+    {
+        let kind = CorruptionKind::StaleSegment { promised: end_seq, found: scan.next_seq };
+        return Err(Error::corrupt(&f.path, scan.end_offset, kind));
+    }
     // The close frame the index points to is checked, not scanned.
     let skipped = if from_index { FRAME_HEADER_BYTES as u64 } else { 0 };
     report.scanned_bytes += scan.end_offset.saturating_sub(start_off + skipped);
     let ends_with_close = f.len >= (SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES) as u64
         && segment::frame_at(&mut src, f.len - FRAME_HEADER_BYTES as u64, tag)
             .is_ok_and(|c| c.kind == FrameKind::Close);
-    report.clean = from_index && ends_with_close && matches!(scan.stop, Stop::EndOfData);
+    report.active_index_rebuilt = !from_index;
+    report.clean = from_index
+        && ends_with_close
+        && matches!(scan.stop, Stop::EndOfData)
+        && scan.end_offset == start_off + skipped;
     match &scan.stop {
         Stop::EndOfData => {}
         Stop::Sealed { at } => {
@@ -931,7 +1090,10 @@ fn recover_active(
                 let kind = CorruptionKind::MidLog { valid_at, cause: Box::new(kind.clone()) };
                 return Err(Error::corrupt(&f.path, *at, kind));
             }
-            let moved_to = if writable { cut_tail(storage, f, *at, &survey)? } else { None };
+            let moved_to = match access {
+                Access::Write => cut_tail(storage, f, *at, &survey, report)?,
+                Access::ReadOnly => None,
+            };
             if survey.nonzero_end > *at {
                 report.truncated = Some(TruncatedTail {
                     segment: f.path.clone(),
@@ -944,7 +1106,7 @@ fn recover_active(
             }
         }
     }
-    if writable {
+    if access == Access::Write {
         if opts.preallocate {
             f.file
                 .preallocate(opts.segment_bytes)

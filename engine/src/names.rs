@@ -58,7 +58,9 @@ pub enum SegmentDirEntry {
 /// Classifies a name found in the segments directory. Only exact 20-digit names parse as
 /// segments or indexes, so `0.seg` or `+0000000000000000001.seg` are foreign.
 pub fn parse_segment_dir_entry(name: &str) -> SegmentDirEntry {
-    if name.ends_with(TMP_SUFFIX) && parse_base(name.trim_end_matches(TMP_SUFFIX)).is_some() {
+    if let Some(stem) = name.strip_suffix(TMP_SUFFIX)
+        && parse_base(stem).is_some()
+    {
         return SegmentDirEntry::Temp;
     }
     if let Some((stem, _)) = name.split_once(&format!(".{SEGMENT_EXT}.{BROKEN_MARK}-"))
@@ -106,6 +108,7 @@ mod tests {
                 SegmentDirEntry::Index(base)
             );
             assert_eq!(parse_segment_dir_entry(&format!("{s}.tmp")), SegmentDirEntry::Temp);
+            assert_eq!(parse_segment_dir_entry(&format!("{s}.tmp.tmp")), SegmentDirEntry::Foreign);
             assert_eq!(
                 parse_segment_dir_entry(&broken_tail_name(base, 7)),
                 SegmentDirEntry::Broken

@@ -87,7 +87,19 @@ impl Source {
                     let want = (n.max(grown) as u64).min(*len - off) as usize;
                     window.clear();
                     window.resize(want, 0);
-                    file.read_exact_at(window, off)?;
+                    // Read ahead as far as the file goes, but insist only on the `n` bytes
+                    // asked for: the file may be shorter than the readable length a source
+                    // was made with (a writer cut unsynced bytes after a failure).
+                    let mut got = 0;
+                    while got < want {
+                        match file.read_at(&mut window[got..], off + got as u64) {
+                            Ok(0) => break,
+                            Ok(k) => got += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    window.truncate(got);
                     *window_off = off;
                 }
                 let start = (off - *window_off) as usize;
@@ -155,6 +167,9 @@ impl FrameError {
 /// Decodes the frame header at `off` and checks it belongs there: its recorded offset, its
 /// log tag, and that the whole frame fits in the source.
 pub(crate) fn frame_at(src: &mut Source, off: u64, log_tag: u64) -> Result<Frame, FrameError> {
+    if !off.is_multiple_of(FRAME_ALIGN_BYTES as u64) {
+        return Err(DecodeError::Inconsistent("frame offset is not 8-byte aligned").into());
+    }
     let available = src.len().saturating_sub(off);
     if available < FRAME_HEADER_BYTES as u64 {
         return Err(DecodeError::Truncated { needed: FRAME_HEADER_BYTES as u64, available }.into());
@@ -385,8 +400,8 @@ pub(crate) fn survey_tail(src: &mut Source, bad_at: u64, log_tag: u64) -> io::Re
     let mut pos = bad_at;
     while pos < len {
         let n = (len - pos).min(align) as usize;
-        if src.get(pos, n)?.iter().any(|&b| b != 0) {
-            survey.nonzero_end = pos + n as u64;
+        if let Some(last) = src.get(pos, n)?.iter().rposition(|&b| b != 0) {
+            survey.nonzero_end = pos + last as u64 + 1;
         }
         let candidate = pos.is_multiple_of(align)
             && len - pos >= FRAME_HEADER_BYTES as u64
@@ -405,6 +420,40 @@ pub(crate) fn survey_tail(src: &mut Source, bad_at: u64, log_tag: u64) -> io::Re
         pos += n as u64;
     }
     Ok(survey)
+}
+
+/// Copies bytes `[from, to)` of a segment into a new file beside it,
+/// `<base>.seg.broken-<from>[.N]`, in bounded chunks, and makes it durable. Bytes the log no
+/// longer holds are a user's bytes all the same: they are moved aside, never just dropped.
+pub(crate) fn move_aside(
+    storage: &dyn Storage,
+    seg_path: &Path,
+    base: u64,
+    file: &dyn StorageFile,
+    from: u64,
+    to: u64,
+) -> io::Result<PathBuf> {
+    const CHUNK: u64 = 1 << 20;
+    let dir = seg_path.parent().unwrap_or(Path::new("."));
+    let mut target = dir.join(names::broken_tail_name(base, from));
+    let mut k = 1;
+    while storage.exists(&target)? {
+        target = dir.join(format!("{}.{k}", names::broken_tail_name(base, from)));
+        k += 1;
+    }
+    let out = storage.open(&target, OpenMode::CreateNew)?;
+    let mut buf = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
+    let mut pos = from;
+    while pos < to {
+        let n = CHUNK.min(to - pos) as usize;
+        let chunk = buf.get_mut(..n).unwrap_or_default();
+        file.read_exact_at(chunk, pos)?;
+        out.write_all_at(chunk, pos - from)?;
+        pos += n as u64;
+    }
+    out.sync_data()?;
+    storage.sync_dir(dir)?;
+    Ok(target)
 }
 
 /// Reads and validates a segment header from the start of `file`.
@@ -453,8 +502,15 @@ pub(crate) fn create(
         let _ = storage.remove_file(&tmp);
         return Err(Error::io("create segment", &tmp, e));
     }
-    storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
-    storage.sync_dir(seg_dir).map_err(|e| Error::io("sync dir", seg_dir, e))?;
+    // From the rename on, the directory may have changed: a failure here is never reported
+    // as the harmless `StorageFull` (which tells the committer nothing changed).
+    let changed = |op: &'static str, p: &Path, e: io::Error| Error::Io {
+        op,
+        path: p.to_path_buf(),
+        source: Arc::new(e),
+    };
+    storage.rename(&tmp, &path).map_err(|e| changed("rename", &tmp, e))?;
+    storage.sync_dir(seg_dir).map_err(|e| changed("sync dir", seg_dir, e))?;
     Ok((path, Arc::from(file)))
 }
 

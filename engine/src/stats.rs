@@ -15,10 +15,18 @@ pub(crate) struct Stats {
     pub fsync_nanos_max: AtomicU64,
     pub rolls: AtomicU64,
     pub index_rebuilds: AtomicU64,
-    pub index_write_failures: AtomicU64,
 }
 
 impl Stats {
+    /// Counters of a freshly opened log: the rebuilds recovery did are counted.
+    pub(crate) fn after_recovery(report: &crate::log::RecoveryReport) -> Self {
+        let stats = Stats::default();
+        if report.active_index_rebuilt && report.next_seq > 0 {
+            stats.index_rebuilds.store(1, Relaxed);
+        }
+        stats
+    }
+
     pub(crate) fn record_fsync(&self, nanos: u64) {
         self.fsyncs.fetch_add(1, Relaxed);
         self.fsync_nanos_total.fetch_add(nanos, Relaxed);
@@ -37,7 +45,6 @@ impl Stats {
             fsync_nanos_max: self.fsync_nanos_max.load(Relaxed),
             rolls: self.rolls.load(Relaxed),
             index_rebuilds: self.index_rebuilds.load(Relaxed),
-            index_write_failures: self.index_write_failures.load(Relaxed),
         }
     }
 }
@@ -63,10 +70,9 @@ pub struct StatsSnapshot {
     pub fsync_nanos_max: u64,
     /// Segments sealed and replaced by a new one.
     pub rolls: u64,
-    /// Index files rebuilt from their segment because they were missing or bad.
+    /// Sealed segments' indexes rebuilt from the segment because their file was missing or
+    /// bad (the file is rewritten at close).
     pub index_rebuilds: u64,
-    /// Rebuilt index files that could not be written back (they are caches; reads go on).
-    pub index_write_failures: u64,
 }
 
 impl StatsSnapshot {

@@ -83,3 +83,35 @@ fn empty_directory_is_not_a_store() {
     assert!(matches!(Log::open_read_only(dir.path(), small()), Err(Error::NoStore { .. })));
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }
+
+#[test]
+fn read_only_never_rebuilds_files_and_reads_through_a_missing_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..400u32).map(|i| vec![(i % 251) as u8; 100]).collect();
+    for p in &payloads {
+        log.append(&[p]).unwrap();
+    }
+    assert!(log.stats().rolls >= 2);
+    log.close().unwrap();
+    let segs = dir.path().join("segments");
+    // Interrupted roll: the first segment lost its seal frame; and its index is gone.
+    let first = segs.join(format!("{:020}.seg", 0));
+    let bytes = std::fs::read(&first).unwrap();
+    std::fs::write(&first, &bytes[..bytes.len() - 48]).unwrap();
+    std::fs::remove_file(segs.join(format!("{:020}.idx", 0))).unwrap();
+    let before = snapshot(dir.path());
+    let reader = Log::open_read_only(dir.path(), small()).unwrap();
+    assert_eq!(reader.recovery_report().seals_completed, vec![0]);
+    assert!(!reader.recovery_report().clean);
+    let got: Vec<Vec<u8>> = reader.cursor(0).map(|r| r.unwrap().payload.to_vec()).collect();
+    assert_eq!(got, payloads);
+    assert_eq!(reader.read(3).unwrap().payload.to_vec(), payloads[3]);
+    drop(reader);
+    assert_eq!(snapshot(dir.path()), before, "a read-only open changed files");
+    // A writer completes the seal and the store reads the same.
+    let log = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.recovery_report().seals_completed, vec![0]);
+    let got: Vec<Vec<u8>> = log.cursor(0).map(|r| r.unwrap().payload.to_vec()).collect();
+    assert_eq!(got, payloads);
+}

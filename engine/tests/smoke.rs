@@ -56,3 +56,28 @@ fn second_open_is_locked() {
         other => panic!("expected Locked, got {other:?}"),
     }
 }
+
+#[test]
+fn lowering_max_record_bytes_keeps_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![7u8; 10 << 10];
+    let log = Log::open(dir.path(), small()).unwrap();
+    log.append(&[b"before".to_vec()]).unwrap();
+    log.append(std::slice::from_ref(&big)).unwrap();
+    log.append(&[b"after".to_vec()]).unwrap();
+    drop(log);
+    // The configured maximum bounds new appends only: records already acknowledged stay
+    // readable and are never cut as a torn tail or called corrupt.
+    for clean in [true, false] {
+        if !clean {
+            std::fs::remove_file(dir.path().join("segments").join(format!("{:020}.idx", 0)))
+                .unwrap();
+        }
+        let lower = Options { max_record_bytes: 1 << 10, ..small() };
+        let log = Log::open(dir.path(), lower).unwrap();
+        assert_eq!(log.recovery_report().truncated, None);
+        assert_eq!(log.read(1).unwrap().payload.to_vec(), big);
+        assert_eq!(log.cursor(0).count(), 3);
+        assert!(matches!(log.append(std::slice::from_ref(&big)), Err(annal::Error::RecordTooLarge { .. })));
+    }
+}

@@ -7,7 +7,7 @@
 use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::{DecodeError, crc32, prefix};
-use crate::limits::{INDEX_ENTRIES_MAX, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::limits::{FRAME_ALIGN_BYTES, INDEX_ENTRIES_MAX, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 
 /// The first eight bytes of every index file.
 pub const INDEX_MAGIC: [u8; 8] = *b"ANNALIDX";
@@ -119,6 +119,9 @@ pub fn decode_index(buf: &[u8]) -> Result<(IndexHeader, Vec<IndexEntry>), Decode
         end_offset: LE::read_u64(&h[OFF_END_OFFSET..OFF_END_SEQ]),
         end_seq: LE::read_u64(&h[OFF_END_SEQ..OFF_ENTRIES_CRC]),
     };
+    if !header.end_offset.is_multiple_of(FRAME_ALIGN_BYTES as u64) {
+        return Err(DecodeError::Inconsistent("index end offset is not 8-byte aligned"));
+    }
     if header.end_seq < header.segment_base {
         return Err(DecodeError::Inconsistent("index end seq before the segment base"));
     }
@@ -128,8 +131,10 @@ pub fn decode_index(buf: &[u8]) -> Result<(IndexHeader, Vec<IndexEntry>), Decode
     let mut prev: Option<IndexEntry> = None;
     for chunk in body.chunks_exact(INDEX_ENTRY_BYTES) {
         let e = IndexEntry { seq: LE::read_u64(&chunk[..8]), offset: LE::read_u64(&chunk[8..]) };
-        let in_range =
-            e.seq >= header.segment_base && e.seq < header.end_seq && e.offset < header.end_offset;
+        let in_range = e.seq >= header.segment_base
+            && e.seq < header.end_seq
+            && e.offset < header.end_offset
+            && e.offset.is_multiple_of(FRAME_ALIGN_BYTES as u64);
         let increasing = prev.is_none_or(|p| e.seq > p.seq && e.offset > p.offset);
         if !in_range || !increasing {
             return Err(DecodeError::Inconsistent("index entries out of order or out of range"));
@@ -148,8 +153,8 @@ mod tests {
         let h = IndexHeader { log_id: [3; 16], segment_base: 100, end_offset: 9000, end_seq: 180 };
         let e = vec![
             IndexEntry { seq: 100, offset: 64 },
-            IndexEntry { seq: 140, offset: 4200 },
-            IndexEntry { seq: 170, offset: 8500 },
+            IndexEntry { seq: 140, offset: 4208 },
+            IndexEntry { seq: 170, offset: 8504 },
         ];
         (h, e)
     }

@@ -201,6 +201,9 @@ struct State {
     sync_count: u64,
     dir_sync_count: u64,
     write_count: u64,
+    /// A directory fsync failed: the file system has shut down (as ext4 and XFS do when
+    /// their journal cannot be written) and refuses every change until the next crash.
+    aborted: bool,
 }
 
 fn lock_state(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -209,6 +212,17 @@ fn lock_state(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 fn stale() -> io::Error {
     io::Error::other("simulated crash: stale handle")
+}
+
+fn shut_down() -> io::Error {
+    io::Error::other("simulated file system shut down after a failed directory fsync")
+}
+
+impl State {
+    /// Fails if the file system has shut down.
+    fn check_alive(&self) -> io::Result<()> {
+        if self.aborted { Err(shut_down()) } else { Ok(()) }
+    }
 }
 
 fn eio() -> io::Error {
@@ -360,6 +374,7 @@ impl State {
             sync_count: 0,
             dir_sync_count: 0,
             write_count: 0,
+            aborted: false,
         }
     }
 
@@ -493,6 +508,8 @@ impl State {
     }
 
     fn crash(&mut self, mode: CrashMode) -> CrashReport {
+        // The machine comes back up: the file system is mounted again.
+        self.aborted = false;
         let crash_index = self.epoch;
         let mut rng = fastrand::Rng::with_seed(mix(self.seed ^ mix(crash_index)));
         let names = self.inode_names();
@@ -685,8 +702,11 @@ impl SimFs {
     }
 
     /// Makes the `k`-th next call (0-based) to `sync_data` or `sync_dir` fail with EIO
-    /// (`ErrorKind::Other`). The failed sync forgets the operations it covered without
-    /// making them durable, as Linux does. One-shot; replaces an earlier setting.
+    /// (`ErrorKind::Other`). A failed `sync_data` forgets the writes it covered without making
+    /// them durable, as Linux does (the pages are marked clean; reads still see them). A
+    /// failed `sync_dir` shuts the file system down, as a journaling file system does when
+    /// its journal cannot be written: every later change fails until the next crash. One-shot;
+    /// replaces an earlier setting.
     pub fn fail_sync_at(&self, k: u64) {
         self.lock().sync_fault = Some(Countdown { remaining: k });
     }
@@ -910,6 +930,7 @@ impl StorageFile for SimFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut st = self.live()?;
         self.check_writable()?;
+        st.check_alive()?;
         st.write_count += 1;
         let start = to_usize(offset)?;
         start.checked_add(buf.len()).ok_or_else(|| invalid("write past the largest offset"))?;
@@ -935,6 +956,7 @@ impl StorageFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let (upto, fail, delay) = {
             let mut st = self.live()?;
+            st.check_alive()?;
             st.sync_count += 1;
             let fail = st.take_sync_fault();
             let upto = st.inode_mut(self.ino)?.next_seq;
@@ -970,6 +992,7 @@ impl StorageFile for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut st = self.live()?;
         self.check_writable()?;
+        st.check_alive()?;
         let len = to_usize(len)?;
         st.apply_current(self.ino, FileOp::SetLen(len))
     }
@@ -977,6 +1000,7 @@ impl StorageFile for SimFile {
     fn preallocate(&self, len: u64) -> io::Result<Preallocation> {
         let mut st = self.live()?;
         self.check_writable()?;
+        st.check_alive()?;
         let len = to_usize(len)?;
         if st.inode_mut(self.ino)?.current.len() < len {
             st.apply_current(self.ino, FileOp::Preallocate(len))?;
@@ -1036,6 +1060,7 @@ impl Storage for SimFs {
                 existing.ok_or_else(|| not_found(&key))?
             }
             OpenMode::CreateNew => {
+                st.check_alive()?;
                 if is_dir || existing.is_some() {
                     return Err(io::Error::new(
                         io::ErrorKind::AlreadyExists,
@@ -1109,6 +1134,7 @@ impl Storage for SimFs {
         let (from_dir, from_name) = split(&from_key)?;
         let (to_dir, to_name) = split(&to_key)?;
         let mut st = self.lock();
+        st.check_alive()?;
         if st.dirs.contains_key(&from_key) {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "SimFs renames files only"));
         }
@@ -1143,6 +1169,7 @@ impl Storage for SimFs {
         let key = normalize(path);
         let (parent, name) = split(&key)?;
         let mut st = self.lock();
+        st.check_alive()?;
         if st.dirs.contains_key(&key) {
             return Err(is_a_directory(&key));
         }
@@ -1162,8 +1189,10 @@ impl Storage for SimFs {
             }
             return Err(not_found(&key));
         }
+        st.check_alive()?;
         st.dir_sync_count += 1;
         let fail = st.take_sync_fault();
+        st.aborted |= fail;
         let dir = st.dir_mut(&key)?;
         let ops = std::mem::take(&mut dir.pending);
         if !fail {
@@ -1332,7 +1361,8 @@ mod tests {
         drop(g);
         assert!(sim.sync_dir(p("/d")).is_err());
         assert_eq!(sim.dir_sync_count(), 2);
-        sim.sync_dir(p("/d")).unwrap();
+        // The file system shut down: the retry fails too and the entry never became durable.
+        assert!(sim.sync_dir(p("/d")).is_err());
         assert_eq!(sim.durable_bytes("/d/g"), None);
         sim.crash_keep_all();
         assert!(!sim.exists(p("/d/g")).unwrap());
@@ -1751,5 +1781,24 @@ mod tests {
         sim.crash_drop_all();
         assert!(syncer.join().unwrap().is_err());
         assert_eq!(sim.current_bytes("/d/f").unwrap(), b"");
+    }
+
+    #[test]
+    fn failed_dir_sync_shuts_the_file_system_down_until_a_crash() {
+        let sim = SimFs::new(3);
+        sim.create_dir_all(Path::new("/d")).unwrap();
+        let f = sim.open(Path::new("/d/a"), OpenMode::CreateNew).unwrap();
+        sim.fail_sync_at(0);
+        assert!(sim.sync_dir(Path::new("/d")).is_err());
+        assert!(f.write_all_at(b"x", 0).is_err());
+        assert!(f.sync_data().is_err());
+        assert!(sim.open(Path::new("/d/b"), OpenMode::CreateNew).is_err());
+        assert!(sim.rename(Path::new("/d/a"), Path::new("/d/c")).is_err());
+        assert!(sim.sync_dir(Path::new("/d")).is_err());
+        sim.crash_with(CrashMode::KeepAll);
+        let g = sim.open(Path::new("/d/b"), OpenMode::CreateNew).unwrap();
+        g.write_all_at(b"y", 0).unwrap();
+        g.sync_data().unwrap();
+        sim.sync_dir(Path::new("/d")).unwrap();
     }
 }
