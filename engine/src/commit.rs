@@ -432,6 +432,8 @@ impl Inner {
             return Ok(());
         }
         st.closed = true;
+        // Wake the flusher so it ends now rather than after its next delay.
+        drop(self.flusher_stop.lock().unwrap_or_else(|e| e.into_inner()).take());
         while st.leader || !st.queue.is_empty() {
             if !st.leader {
                 // Appenders are queued but none has taken the lead yet: let them.
@@ -485,10 +487,15 @@ impl Inner {
 
 /// Background fsync for `Durability::Batched`: every `max_delay`, sync what is unsynced.
 /// The thread holds only a weak reference and ends when the log is dropped or closed.
-pub(crate) fn spawn_flusher(log: Weak<Inner>, max_delay: Duration) {
-    let spawned = std::thread::Builder::new().name("annal-flusher".into()).spawn(move || {
-        loop {
-            std::thread::sleep(max_delay);
+/// It wakes early and ends as soon as its stop channel closes (at close, or when the last
+/// handle is dropped), so no thread outlives its log by a `max_delay`.
+pub(crate) fn spawn_flusher(
+    log: Weak<Inner>,
+    max_delay: Duration,
+    stop: crossbeam_channel::Receiver<()>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("annal-flusher".into()).spawn(move || {
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(max_delay) {
             let Some(inner) = log.upgrade() else { return };
             if inner.committer.lock_state().closed || inner.poison.get().is_some() {
                 return;
@@ -498,7 +505,6 @@ pub(crate) fn spawn_flusher(log: Weak<Inner>, max_delay: Duration) {
                 let _ = inner.sync();
             }
         }
-    });
-    // Without a flusher, Batched still syncs by bytes and on `sync`; nothing is lost.
-    let _ = spawned;
+    })?;
+    Ok(())
 }

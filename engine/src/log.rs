@@ -179,6 +179,8 @@ pub(crate) struct Inner {
     pub recovery: RecoveryReport,
     /// Opened with [`Log::open_read_only`]: no lock, no writes.
     pub read_only: bool,
+    /// Dropping this ends the `Batched` flusher thread.
+    pub flusher_stop: std::sync::Mutex<Option<crossbeam_channel::Sender<()>>>,
     pub _lock: Option<Box<dyn LockGuard>>,
 }
 
@@ -272,10 +274,14 @@ impl Log {
             recovery: report,
             opts,
             read_only: !writable,
+            flusher_stop: std::sync::Mutex::new(None),
             _lock: lock,
         });
         if let (Durability::Batched { max_delay, .. }, true) = (inner.opts.durability, writable) {
-            crate::commit::spawn_flusher(Arc::downgrade(&inner), max_delay);
+            let (tx, rx) = crossbeam_channel::bounded(0);
+            *inner.flusher_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+            crate::commit::spawn_flusher(Arc::downgrade(&inner), max_delay, rx)
+                .map_err(|e| Error::io("start flusher thread", &inner.dir, e))?;
         }
         Ok(Log { inner })
     }

@@ -78,6 +78,9 @@ fn lowering_max_record_bytes_keeps_what_was_written() {
         assert_eq!(log.recovery_report().truncated, None);
         assert_eq!(log.read(1).unwrap().payload.to_vec(), big);
         assert_eq!(log.cursor(0).count(), 3);
-        assert!(matches!(log.append(std::slice::from_ref(&big)), Err(annal::Error::RecordTooLarge { .. })));
+        assert!(matches!(
+            log.append(std::slice::from_ref(&big)),
+            Err(annal::Error::RecordTooLarge { .. })
+        ));
     }
 }
