@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TryRecvError, bounded};
 
 use crate::error::{Error, Result};
-use crate::format::{FrameKind, IndexHeader, PreparedBatch, encode_marker_frame};
+use crate::format::{FrameKind, IndexHeader, Placement, PreparedBatch, encode_marker_frame};
 use crate::index;
 use crate::limits::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::log::{Appended, Inner, Sealed, Segment};
@@ -33,12 +33,53 @@ pub(crate) struct WriterState {
     pub synced_pos: u64,
     /// The seq the next record gets.
     pub next_seq: u64,
+    /// The timestamp of the last frame written: frame times never go back, even when the
+    /// clock does.
+    pub last_timestamp_us: u64,
+    /// The active segment ends with a close frame and nothing was written since (a clean
+    /// open with no appends): closing again needs no new close frame.
+    pub tail_is_close: bool,
     buf: Vec<u8>,
 }
 
 impl WriterState {
-    pub(crate) fn new(active: Arc<Segment>, write_pos: u64, next_seq: u64) -> Self {
-        WriterState { active, write_pos, synced_pos: write_pos, next_seq, buf: Vec::new() }
+    pub(crate) fn new(
+        active: Arc<Segment>,
+        write_pos: u64,
+        next_seq: u64,
+        last_timestamp_us: u64,
+    ) -> Self {
+        WriterState {
+            active,
+            write_pos,
+            synced_pos: write_pos,
+            next_seq,
+            last_timestamp_us,
+            tail_is_close: false,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The time for the next frame: now, or the last frame's time if the clock went back.
+    fn next_timestamp(&mut self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.last_timestamp_us = self.last_timestamp_us.max(now);
+        self.last_timestamp_us
+    }
+
+    /// Where a frame at `file_offset` goes, stamped with the time last taken by
+    /// `next_timestamp` (one clock reading per group, so a group's batches share a time).
+    fn placement(&self, seq: u64, file_offset: u64, log_tag: u64) -> Placement {
+        Placement {
+            seq,
+            file_offset,
+            synced_through: self.synced_pos,
+            log_tag,
+            timestamp_us: self.last_timestamp_us,
+        }
     }
 }
 
@@ -212,7 +253,10 @@ impl Inner {
             return;
         }
         let mut done: Vec<(Sender<Result<Appended>>, Appended)> = Vec::with_capacity(group.len());
-        let limit = self.opts.segment_bytes - FRAME_HEADER_BYTES as u64;
+        // Batches end early enough that a close frame and then a seal still fit: a segment
+        // file never grows past `segment_bytes`.
+        let limit = self.opts.segment_bytes - 2 * FRAME_HEADER_BYTES as u64;
+        ws.next_timestamp();
         let mut items = group.into_iter();
         while let Some(mut p) = items.next() {
             let end = ws.write_pos + ws.buf.len() as u64 + p.batch.frame_bytes();
@@ -252,11 +296,13 @@ impl Inner {
             }
             let off = ws.write_pos + ws.buf.len() as u64;
             let count = p.batch.count();
-            let bytes = p.batch.finalize(first, off, ws.synced_pos, self.log_tag);
+            let at = ws.placement(first, off, self.log_tag);
+            let bytes = p.batch.finalize(at);
             ws.buf.extend_from_slice(bytes);
             ws.active.index.write().unwrap_or_else(|e| e.into_inner()).note_batch(
                 first,
                 off,
+                at.timestamp_us,
                 self.opts.index_interval_bytes,
             );
             ws.next_seq += u64::from(count);
@@ -308,6 +354,7 @@ impl Inner {
             self.stats.bytes_written.fetch_add(ws.buf.len() as u64, Ordering::Relaxed);
             ws.write_pos += ws.buf.len() as u64;
             ws.buf.clear();
+            ws.tail_is_close = false;
             ws.active.readable_end.store(ws.write_pos, Ordering::Release);
             self.committer.written.store(ws.next_seq, Ordering::Release);
         }
@@ -341,7 +388,10 @@ impl Inner {
             return;
         }
         let seg = &ws.active;
-        let _ = segment::move_aside(
+        // Readers must not see the discarded records (under `Durability::None` they could).
+        self.visible.fetch_min(self.durable.load(Ordering::Acquire), Ordering::AcqRel);
+        seg.readable_end.fetch_min(from, Ordering::AcqRel);
+        let moved = segment::move_aside(
             self.storage.as_ref(),
             &seg.path,
             seg.base,
@@ -349,8 +399,11 @@ impl Inner {
             from,
             end,
         );
-        seg.readable_end.fetch_min(from, Ordering::AcqRel);
-        let _ = seg.file.set_len(from);
+        // Bytes that could not be copied aside are left in place rather than dropped; a
+        // reopen then verifies them like any tail.
+        if moved.is_ok() && seg.file.set_len(from).is_ok() {
+            let _ = seg.file.sync_data();
+        }
     }
 
     /// Makes what was written visible to readers according to the policy.
@@ -387,7 +440,9 @@ impl Inner {
         let old = Arc::clone(&ws.active);
         let seal_at = ws.write_pos;
         let count = (ws.next_seq - old.base) as u32;
-        let seal = encode_marker_frame(FrameKind::Seal, count, ws.next_seq, seal_at, self.log_tag);
+        ws.next_timestamp();
+        let at = ws.placement(ws.next_seq, seal_at, self.log_tag);
+        let seal = encode_marker_frame(FrameKind::Seal, count, at);
         let sealed = old
             .file
             .write_all_at(&seal, seal_at)
@@ -449,34 +504,56 @@ impl Inner {
         }
         let mut ws = self.committer.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.flush(&mut ws, true)?;
-        let at = ws.write_pos;
-        let count = (ws.next_seq - ws.active.base) as u32;
-        let frame = encode_marker_frame(FrameKind::Close, count, ws.next_seq, at, self.log_tag);
         let file = &ws.active.file;
-        let closed = file
-            .write_all_at(&frame, at)
-            .and_then(|()| file.set_len(at + FRAME_HEADER_BYTES as u64))
-            .and_then(|()| file.sync_data());
-        if let Err(e) = closed {
-            return Err(self.poison(Error::io("close", &ws.active.path, e)));
-        }
-        let header = IndexHeader {
-            log_id: self.log_id,
-            segment_base: ws.active.base,
-            end_offset: at,
-            end_seq: ws.next_seq,
-        };
-        let ix = ws.active.index.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let path = ws.active.index_path();
-        // The close frame is durable now; without the index the next open scans the active
-        // segment instead of trusting the close frame, which is slower but just as correct.
-        index::store(self.storage.as_ref(), &path, &header, &ix).map_err(|e| {
-            match Error::io("write index", &path, e) {
-                full @ Error::StorageFull { .. } => full,
-                other => self.poison(other),
+        let at = if ws.tail_is_close {
+            // Opened clean and nothing appended: the close frame is still true; only the
+            // space preallocated at open is given back.
+            if let Err(e) = file.set_len(ws.write_pos).and_then(|()| file.sync_data()) {
+                return Err(self.poison(Error::io("close", &ws.active.path, e)));
             }
-        })?;
-        // Indexes that readers rebuilt in memory because their file was missing or bad.
+            ws.write_pos - FRAME_HEADER_BYTES as u64
+        } else {
+            let at = ws.write_pos;
+            let count = (ws.next_seq - ws.active.base) as u32;
+            ws.next_timestamp();
+            let placement = ws.placement(ws.next_seq, at, self.log_tag);
+            let frame = encode_marker_frame(FrameKind::Close, count, placement);
+            let file = &ws.active.file;
+            let closed = file
+                .write_all_at(&frame, at)
+                .and_then(|()| file.set_len(at + FRAME_HEADER_BYTES as u64))
+                .and_then(|()| file.sync_data());
+            if let Err(e) = closed {
+                return Err(self.poison(Error::io("close", &ws.active.path, e)));
+            }
+            at
+        };
+        // The index covers everything before the close frame. Unchanged since a clean open it
+        // need not be written again, unless a reader had to rebuild it.
+        if !ws.tail_is_close || ws.active.index_dirty.load(Ordering::Acquire) {
+            let header = IndexHeader {
+                log_id: self.log_id,
+                segment_base: ws.active.base,
+                end_offset: at,
+                end_seq: ws.next_seq,
+            };
+            let ix = ws.active.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let path = ws.active.index_path();
+            // The close frame is durable now; without the index the next open scans the
+            // active segment instead of trusting the close frame: slower, just as correct.
+            index::store(self.storage.as_ref(), &path, &header, &ix).map_err(
+                |e| match Error::io("write index", &path, e) {
+                    full @ Error::StorageFull { .. } => full,
+                    other => self.poison(other),
+                },
+            )?;
+        }
+        self.store_dirty_indexes()
+    }
+
+    /// Writes the indexes that readers rebuilt in memory because their file was missing or
+    /// bad.
+    fn store_dirty_indexes(&self) -> Result<()> {
         let sealed: Vec<_> = self.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
         for seg in sealed.iter().filter(|s| s.index_dirty.load(Ordering::Acquire)) {
             self.store_index(seg)?;

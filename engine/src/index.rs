@@ -27,13 +27,13 @@ impl SparseIndex {
 
     /// Records the batch starting at `offset` with first record `seq` if it is at least
     /// `interval` bytes past the last entry (the first batch always gets an entry).
-    pub(crate) fn note_batch(&mut self, seq: u64, offset: u64, interval: u64) {
+    pub(crate) fn note_batch(&mut self, seq: u64, offset: u64, timestamp_us: u64, interval: u64) {
         let due = match self.entries.last() {
             None => true,
             Some(last) => offset.saturating_sub(last.offset) >= interval,
         };
         if due && self.entries.len() < INDEX_ENTRIES_MAX as usize {
-            self.entries.push(IndexEntry { seq, offset });
+            self.entries.push(IndexEntry { seq, offset, timestamp_us });
         }
     }
 
@@ -41,6 +41,17 @@ impl SparseIndex {
     pub(crate) fn floor(&self, seq: u64) -> Option<IndexEntry> {
         let n = self.entries.partition_point(|e| e.seq <= seq);
         n.checked_sub(1).and_then(|i| self.entries.get(i)).copied()
+    }
+
+    /// The last entry written at or before `timestamp_us`, if any.
+    pub(crate) fn floor_time(&self, timestamp_us: u64) -> Option<IndexEntry> {
+        let n = self.entries.partition_point(|e| e.timestamp_us <= timestamp_us);
+        n.checked_sub(1).and_then(|i| self.entries.get(i)).copied()
+    }
+
+    /// The first entry (the segment's first batch).
+    pub(crate) fn first(&self) -> Option<IndexEntry> {
+        self.entries.first().copied()
     }
 
     /// All entries, in order.
@@ -110,14 +121,17 @@ mod tests {
     #[test]
     fn note_batch_respects_interval_and_floor_finds_predecessor() {
         let mut ix = SparseIndex::default();
-        ix.note_batch(0, 64, 100);
-        ix.note_batch(1, 120, 100); // too close
-        ix.note_batch(2, 164, 100);
-        ix.note_batch(5, 400, 100);
+        ix.note_batch(0, 64, 10, 100);
+        ix.note_batch(1, 120, 10, 100); // too close
+        ix.note_batch(2, 168, 20, 100);
+        ix.note_batch(5, 400, 20, 100);
         assert_eq!(ix.entries().len(), 3);
         assert_eq!(ix.floor(0).map(|e| e.offset), Some(64));
         assert_eq!(ix.floor(1).map(|e| e.offset), Some(64));
-        assert_eq!(ix.floor(4).map(|e| e.offset), Some(164));
+        assert_eq!(ix.floor(4).map(|e| e.offset), Some(168));
+        assert_eq!(ix.floor_time(9), None);
+        assert_eq!(ix.floor_time(15).map(|e| e.seq), Some(0));
+        assert_eq!(ix.floor_time(20).map(|e| e.seq), Some(5));
         assert_eq!(ix.floor(99).map(|e| e.offset), Some(400));
     }
 }

@@ -8,7 +8,7 @@
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 
 /// Bytes of a frame header: batch, seal and close frames share this layout (format-spec.md §4).
-pub const FRAME_HEADER_BYTES: usize = 48;
+pub const FRAME_HEADER_BYTES: usize = 56;
 
 /// Bytes of the header in front of every record inside a batch (format-spec.md §4.2).
 pub const RECORD_HEADER_BYTES: usize = 16;
@@ -20,7 +20,7 @@ pub const FRAME_ALIGN_BYTES: usize = 8;
 pub const INDEX_HEADER_BYTES: usize = 64;
 
 /// Bytes of one index entry (format-spec.md §5).
-pub const INDEX_ENTRY_BYTES: usize = 16;
+pub const INDEX_ENTRY_BYTES: usize = 24;
 
 /// Hard ceiling on one record's payload. `Options::max_record_bytes` may be set lower, never
 /// higher. 64 MiB keeps a single decode allocation far below the fuzzers' malloc limit.
@@ -38,7 +38,7 @@ pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
 /// Smallest segment a store may be configured with: room for the header, a frame and a seal.
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
 
-/// Hard ceiling on entries in one index file (64 MiB of entries). An index larger than this is
+/// Hard ceiling on entries in one index file (96 MiB of entries). An index larger than this is
 /// treated as damaged and rebuilt from its segment.
 pub const INDEX_ENTRIES_MAX: u32 = 1 << 22;
 

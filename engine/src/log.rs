@@ -28,6 +28,9 @@ use crate::stats::{Stats, StatsSnapshot};
 pub struct Record {
     /// Its global sequence number.
     pub seq: u64,
+    /// When its batch was written, microseconds since the Unix epoch (non-decreasing in seq
+    /// order; all records of one batch share it).
+    pub timestamp_us: u64,
     /// The bytes that were appended, verified against their CRC.
     pub payload: Bytes,
 }
@@ -396,6 +399,14 @@ impl Log {
         Cursor { inner: Arc::clone(&self.inner), next: from, pos: None, done: false }
     }
 
+    /// One past the last visible seq written at or before `timestamp_us`: the log as it was
+    /// at that moment is the seqs `0 .. seq_at_time(t)`. It seeks through the timestamps of
+    /// the sparse indexes (segments by their first batch, then the index entries), then reads
+    /// at most about one index interval of frame headers.
+    pub fn seq_at_time(&self, timestamp_us: u64) -> Result<u64> {
+        self.inner.seq_at_time(timestamp_us)
+    }
+
     /// Closes the log cleanly: waits for in-flight appends, writes a close frame and the
     /// active segment's index, so the next open need not scan. Later appends on any handle
     /// fail with [`Error::Closed`].
@@ -489,6 +500,7 @@ impl Inner {
         if let Stop::Invalid { at, kind } = scan.stop {
             return Err(Error::corrupt(&seg.path, at, kind));
         }
+        seg.index_dirty.store(true, Ordering::Release);
         let mut ix = seg.index.write().unwrap_or_else(|e| e.into_inner());
         let mut entries = scan.index.entries().to_vec();
         entries.extend(ix.entries().iter().filter(|e| e.offset >= scan.end_offset));
@@ -526,6 +538,47 @@ impl Inner {
         }
     }
 
+    fn first_timestamp(&self, seg: &Segment) -> Result<Option<u64>> {
+        self.ensure_index(seg)?;
+        Ok(seg.index.read().unwrap_or_else(|e| e.into_inner()).first().map(|e| e.timestamp_us))
+    }
+
+    fn seq_at_time(&self, t: u64) -> Result<u64> {
+        let visible = self.visible.load(Ordering::Acquire);
+        let segs: Vec<Arc<Segment>> =
+            self.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // The last segment whose first batch is no later than `t` (times are non-decreasing,
+        // so segments are ordered by their first batch's time too).
+        let (mut lo, mut hi) = (0usize, segs.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(seg) = segs.get(mid) else { break };
+            match self.first_timestamp(seg)? {
+                Some(ts) if ts <= t => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        let Some(seg) = lo.checked_sub(1).and_then(|i| segs.get(i)) else { return Ok(0) };
+        let Some(entry) = seg.index.read().unwrap_or_else(|e| e.into_inner()).floor_time(t) else {
+            return Ok(0);
+        };
+        let mut src = seg.source();
+        let mut off = entry.offset;
+        let mut end = entry.seq;
+        while off < src.len() && end < visible {
+            let f =
+                segment::frame_at(&mut src, off, self.log_tag).map_err(|e| e.at(&seg.path, off))?;
+            match f.kind {
+                FrameKind::Seal => break,
+                FrameKind::Batch if f.timestamp_us > t => break,
+                FrameKind::Batch => end = f.seq + u64::from(f.count),
+                FrameKind::Close => {}
+            }
+            off += f.total_bytes();
+        }
+        Ok(end.min(visible))
+    }
+
     /// Positions a reader at the batch holding `seq`: returns the frame offset and the seq
     /// of the batch's first record, starting from the sparse index and validating the entry
     /// against the frame it points to.
@@ -550,8 +603,11 @@ impl Inner {
     fn seek_once(&self, seg: &Segment, src: &mut Source, seq: u64) -> Result<(u64, Frame)> {
         self.ensure_index(seg)?;
         let entry = seg.index.read().unwrap_or_else(|e| e.into_inner()).floor(seq);
-        let start =
-            entry.unwrap_or(IndexEntry { seq: seg.base, offset: SEGMENT_HEADER_BYTES as u64 });
+        let start = entry.unwrap_or(IndexEntry {
+            seq: seg.base,
+            offset: SEGMENT_HEADER_BYTES as u64,
+            timestamp_us: 0,
+        });
         let mut off = start.offset;
         let mut first = true;
         loop {
@@ -712,7 +768,7 @@ impl Cursor {
             .bytes(payload_off, len as usize)
             .map_err(|e| Error::io("read", &p.seg.path, e))?;
         p.rec_off = payload_off + u64::from(len);
-        let rec = Record { seq: self.next, payload };
+        let rec = Record { seq: self.next, timestamp_us: p.frame.timestamp_us, payload };
         self.next += 1;
         Ok(Some(rec))
     }
@@ -858,10 +914,13 @@ fn recover(
 
     let mut segments = Vec::with_capacity(found.len());
     let mut all_sealed_trusted = true;
+    // Frame times never go back: the next frame is no earlier than the last seal's.
+    let mut timestamp_floor = 0;
     for pair in found.windows(2) {
         let [f, next] = pair else { continue };
-        let (seal_at, next_seq, trusted) =
+        let (seal_at, next_seq, trusted, last_ts) =
             recover_sealed(storage, f, next.base, tag, access, &mut report)?;
+        timestamp_floor = timestamp_floor.max(last_ts);
         // Without a writer to complete it, a missing seal stays missing.
         let missing = access == Access::ReadOnly && report.seals_completed.last() == Some(&f.base);
         let data_end = if missing { seal_at } else { seal_at + FRAME_HEADER_BYTES as u64 };
@@ -878,7 +937,8 @@ fn recover(
         segments.push(Arc::new(seg));
     }
     let last = found.last().ok_or(Error::NoStore { dir: seg_dir.to_path_buf() })?;
-    let writer = recover_active(storage, last, &log_id, tag, opts, access, &mut report)?;
+    let writer =
+        recover_active(storage, last, &log_id, opts, access, timestamp_floor, &mut report)?;
     report.clean &= all_sealed_trusted;
     segments.push(Arc::clone(&writer.active));
     report.segments = segments.len();
@@ -899,7 +959,7 @@ fn create_fresh(
     let _ = seg.index_loaded.set(());
     report.clean = true;
     report.segments = 1;
-    let writer = WriterState::new(Arc::clone(&seg), SEGMENT_HEADER_BYTES as u64, 0);
+    let writer = WriterState::new(Arc::clone(&seg), SEGMENT_HEADER_BYTES as u64, 0, 0);
     Ok(Recovered { log_id, segments: vec![seg], writer, report })
 }
 
@@ -913,7 +973,7 @@ fn recover_sealed(
     tag: u64,
     access: Access,
     report: &mut RecoveryReport,
-) -> Result<(u64, u64, bool)> {
+) -> Result<(u64, u64, bool, u64)> {
     let mut src = Source::file(Arc::clone(&f.file), f.len);
     if let Some(at) = f.len.checked_sub(FRAME_HEADER_BYTES as u64)
         && at >= SEGMENT_HEADER_BYTES as u64
@@ -922,7 +982,7 @@ fn recover_sealed(
         && frame.seq >= f.base
         && u64::from(frame.count) == frame.seq - f.base
     {
-        return Ok((at, frame.seq, true));
+        return Ok((at, frame.seq, true, frame.timestamp_us));
     }
     // No trustworthy seal at the end of the file: walk the records.
     let scan = scan_from_start(&mut src, f, tag)?;
@@ -938,7 +998,7 @@ fn recover_sealed(
             if access == Access::Write {
                 cut_tail(storage, f, after, &survey, report)?;
             }
-            Ok((*at, scan.next_seq, false))
+            Ok((*at, scan.next_seq, false, scan.last_timestamp_us))
         }
         Stop::EndOfData | Stop::Invalid { .. } => {
             let end = scan.end_offset;
@@ -962,28 +1022,33 @@ fn recover_sealed(
             }
             if scan.next_seq > next_base {
                 return bad(
-                    CorruptionKind::SeqMismatch { expected: next_base, found: scan.next_seq },
+                    CorruptionKind::SeqMismatch { expected: scan.next_seq, found: next_base },
                     end,
                 );
             }
             // Interrupted roll: every record is here; only the seal is missing or torn.
             report.seals_completed.push(f.base);
             if access == Access::ReadOnly {
-                return Ok((end, scan.next_seq, false));
+                return Ok((end, scan.next_seq, false, scan.last_timestamp_us));
             }
             let survey = segment::survey_tail(&mut src, end, tag)
                 .map_err(|e| Error::io("read", &f.path, e))?;
             cut_tail(storage, f, end, &survey, report)?;
+            let at = crate::format::Placement {
+                seq: scan.next_seq,
+                file_offset: end,
+                synced_through: end,
+                log_tag: tag,
+                timestamp_us: scan.last_timestamp_us,
+            };
             let seal = crate::format::encode_marker_frame(
                 FrameKind::Seal,
                 (scan.next_seq - f.base) as u32,
-                scan.next_seq,
-                end,
-                tag,
+                at,
             );
             f.file.write_all_at(&seal, end).map_err(|e| Error::io("write", &f.path, e))?;
             f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
-            Ok((end, scan.next_seq, false))
+            Ok((end, scan.next_seq, false, scan.last_timestamp_us))
         }
     }
 }
@@ -1036,11 +1101,12 @@ fn recover_active(
     storage: &dyn Storage,
     f: &Found,
     log_id: &[u8; 16],
-    tag: u64,
     opts: &Options,
     access: Access,
+    timestamp_floor: u64,
     report: &mut RecoveryReport,
 ) -> Result<WriterState> {
+    let tag = log_tag(log_id);
     let mut src = Source::file(Arc::clone(&f.file), f.len);
     let seg = Arc::new(Segment::new(f.base, f.path.clone(), Arc::clone(&f.file)));
     let _ = seg.index_loaded.set(());
@@ -1118,11 +1184,17 @@ fn recover_active(
                 .preallocate(opts.segment_bytes)
                 .map_err(|e| Error::io("preallocate", &f.path, e))?;
         }
-        // What was read back may have been in the page cache only (a process crash under a
-        // non-sync policy): make it durable before calling it durable.
-        f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
+        if !report.clean {
+            // What was read back may have been in the page cache only (a process crash under
+            // a non-sync policy): make it durable before calling it durable. After a clean
+            // close it was synced already.
+            f.file.sync_data().map_err(|e| Error::io("sync", &f.path, e))?;
+        }
     }
     *seg.index.write().unwrap_or_else(|e| e.into_inner()) = scan.index;
     seg.readable_end.store(scan.end_offset, Ordering::Release);
-    Ok(WriterState::new(seg, scan.end_offset, scan.next_seq))
+    let last_timestamp_us = scan.last_timestamp_us.max(timestamp_floor);
+    let mut writer = WriterState::new(seg, scan.end_offset, scan.next_seq, last_timestamp_us);
+    writer.tail_is_close = report.clean;
+    Ok(writer)
 }

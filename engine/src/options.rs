@@ -35,7 +35,8 @@ pub enum Durability {
 pub struct Options {
     /// Size at which a segment is sealed and a new one started. Default 64 MiB.
     pub segment_bytes: u64,
-    /// Largest record payload accepted by `append` and believed when reading. Default 16 MiB.
+    /// Largest record payload accepted by `append`. Default 16 MiB. Reads believe any length
+    /// up to `RECORD_BODY_BYTES_MAX`, so lowering this never hides what was written.
     /// Must leave room for one record and its frame in a segment.
     pub max_record_bytes: u32,
     /// Bytes between sparse index entries. Default 4 KiB: a read scans at most about this
@@ -64,7 +65,8 @@ impl Options {
     /// Bytes of records one segment can hold: what is left after its header and the room
     /// reserved for its seal frame. A batch larger than this cannot be appended.
     pub fn segment_capacity(&self) -> u64 {
-        self.segment_bytes - SEGMENT_HEADER_BYTES as u64 - FRAME_HEADER_BYTES as u64
+        // Room is kept for a close frame and a seal after the last batch.
+        self.segment_bytes - SEGMENT_HEADER_BYTES as u64 - 2 * FRAME_HEADER_BYTES as u64
     }
 
     /// Checks that the options can work together.

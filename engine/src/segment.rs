@@ -309,6 +309,8 @@ pub(crate) struct Scan {
     pub index: SparseIndex,
     /// Why the walk ended.
     pub stop: Stop,
+    /// The latest timestamp of the valid frames walked (0 if none).
+    pub last_timestamp_us: u64,
 }
 
 /// The fixed facts a scan checks frames against.
@@ -337,6 +339,7 @@ pub(crate) fn scan(
     let ScanParams { base, log_tag, max_payload, interval } = params;
     let mut off = start;
     let mut next_seq = start_seq;
+    let mut last_timestamp_us = 0;
     let stop = loop {
         if off == src.len() {
             break Stop::EndOfData;
@@ -357,7 +360,10 @@ pub(crate) fn scan(
                     Err((_, FrameError::Io(e))) => return Err(e),
                     Err((_, FrameError::Bad(kind))) => break Stop::Invalid { at: off, kind },
                 }
-                index.note_batch(f.seq, off, interval);
+                index.note_batch(f.seq, off, f.timestamp_us, interval);
+                // Frame times are non-decreasing as written; one that goes back is kept as it
+                // is (the CRC covers it), so a time query near it is approximate, not lossy.
+                last_timestamp_us = last_timestamp_us.max(f.timestamp_us);
                 next_seq += u64::from(f.count);
                 off += f.total_bytes();
             }
@@ -369,6 +375,7 @@ pub(crate) fn scan(
                     };
                     break Stop::Invalid { at: off, kind };
                 }
+                last_timestamp_us = last_timestamp_us.max(f.timestamp_us);
                 if f.kind == FrameKind::Seal {
                     break Stop::Sealed { at: off };
                 }
@@ -376,7 +383,7 @@ pub(crate) fn scan(
             }
         }
     };
-    Ok(Scan { end_offset: off, next_seq, index, stop })
+    Ok(Scan { end_offset: off, next_seq, index, stop, last_timestamp_us })
 }
 
 /// What lies after a bad frame at `bad_at`, found by probing every aligned offset.

@@ -70,8 +70,8 @@ pub struct StatsSnapshot {
     pub fsync_nanos_max: u64,
     /// Segments sealed and replaced by a new one.
     pub rolls: u64,
-    /// Sealed segments' indexes rebuilt from the segment because their file was missing or
-    /// bad (the file is rewritten at close).
+    /// Indexes rebuilt from their segment because the file was missing, bad or stale (the
+    /// active segment's after a crash included; files are rewritten at close).
     pub index_rebuilds: u64,
 }
 

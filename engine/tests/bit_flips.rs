@@ -22,6 +22,8 @@
 //! A classification summary (counts per outcome, and per region of the file for failures) is
 //! printed. `ANNAL_FLIP_STRIDE=k` flips only every k-th bit (default 1: all of them).
 
+const FH: usize = annal::limits::FRAME_HEADER_BYTES;
+const FH64: u64 = FH as u64;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,10 +113,10 @@ impl Seg {
                 FrameKind::Seal => (Region::SealFrame, Region::SealFrame),
                 FrameKind::Close => (Region::CloseFrame, Region::CloseFrame),
             };
-            regions[off..off + 48].fill(head);
-            regions[off + 48..off + total].fill(rest);
-            let body_end = off + 48 + f.body_bytes as usize;
-            let mut pos = off + 48;
+            regions[off..off + FH].fill(head);
+            regions[off + FH..off + total].fill(rest);
+            let body_end = off + FH + f.body_bytes as usize;
+            let mut pos = off + FH;
             while pos < body_end {
                 let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
                 regions[pos..pos + 16].fill(Region::RecordHeader);
@@ -172,7 +174,7 @@ fn build(closed: bool) -> Fixture {
             .collect();
         let bytes = annal::format::batch_frame_bytes(batch.iter().map(Vec::len));
         let rolls = log.stats().rolls;
-        if rolls == 1 && pos + bytes > SEGMENT_BYTES - 48 {
+        if rolls == 1 && pos + bytes > SEGMENT_BYTES - FH64 {
             break;
         }
         let a = log.append(&batch).unwrap();
@@ -414,7 +416,7 @@ fn check_truncation(
             .sum::<u64>();
     let header_intact = first_bad.is_some_and(|i| {
         let f = seg.frames[i];
-        let r = f.off as usize..f.off as usize + 48;
+        let r = f.off as usize..f.off as usize + FH;
         f.kind == FrameKind::Batch && mutated.get(r.clone()) == seg.bytes.get(r)
     });
     let events = if header_intact { u64::from(seg.frames[first_bad.unwrap()].count) } else { 0 };

@@ -12,6 +12,8 @@
 //! batch's frame in the segment files and walks the trace (see `check_acks`). Cases:
 //! `ANNAL_GC_CASES` (default 32). Seeds: `ANNAL_SEED` (default fixed), printed.
 
+const FH: usize = annal::limits::FRAME_HEADER_BYTES;
+const FH64: u64 = FH as u64;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -254,7 +256,7 @@ fn frames(sim: &SimFs) -> HashMap<u64, FrameLoc> {
         let path = Path::new(SEG_DIR).join(&name);
         let bytes = logical_bytes(sim, &path);
         let mut off = 64u64;
-        while let Some(h) = bytes.get(off as usize..off as usize + 48) {
+        while let Some(h) = bytes.get(off as usize..off as usize + FH) {
             let Ok(f) = decode_frame_header(h) else { break };
             if f.file_offset != off {
                 break;
@@ -299,7 +301,7 @@ fn logical_bytes(sim: &SimFs, path: &Path) -> Vec<u8> {
 /// The first payload of the batch frame at `loc`.
 fn first_payload(sim: &SimFs, loc: &FrameLoc) -> Vec<u8> {
     let bytes = logical_bytes(sim, &loc.path);
-    let rec = (loc.offset + 48) as usize;
+    let rec = (loc.offset + FH64) as usize;
     let len = u32::from_le_bytes(bytes[rec + 4..rec + 8].try_into().unwrap()) as usize;
     bytes[rec + 16..rec + 16 + len].to_vec()
 }

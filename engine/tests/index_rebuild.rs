@@ -426,17 +426,17 @@ fn forged_index_entries_are_not_trusted() {
         let mut cases: Vec<(&str, Vec<IndexEntry>)> = Vec::new();
         // Each entry's offset moved to the next entry's frame (a valid frame with another seq).
         let shifted: Vec<IndexEntry> =
-            entries.windows(2).map(|w| IndexEntry { seq: w[0].seq, offset: w[1].offset }).collect();
+            entries.windows(2).map(|w| IndexEntry { offset: w[1].offset, ..w[0] }).collect();
         cases.push(("offsets shifted to the next entry's frame", shifted));
         // Each entry's offset 8 bytes into its frame (not a frame header).
         let inside: Vec<IndexEntry> =
-            entries.iter().map(|e| IndexEntry { seq: e.seq, offset: e.offset + 8 }).collect();
+            entries.iter().map(|e| IndexEntry { offset: e.offset + 8, ..*e }).collect();
         cases.push(("offsets 8 bytes into the frame", inside));
         // Each entry's seq one too high (the frame there starts at another seq).
         let seq_plus: Vec<IndexEntry> = entries
             .iter()
             .filter(|e| e.seq + 1 < h.end_seq)
-            .map(|e| IndexEntry { seq: e.seq + 1, offset: e.offset })
+            .map(|e| IndexEntry { seq: e.seq + 1, ..*e })
             .collect();
         cases.push(("seqs one too high", seq_plus));
         // The last entry pointing at the seal or close frame.

@@ -15,6 +15,8 @@
 //! a new segment, a seal, an index file) and the test asserts that every kind was hit.
 //! Seeds: `ANNAL_SEED` (default fixed) is printed and included in every failure message.
 
+const FH: usize = annal::limits::FRAME_HEADER_BYTES;
+const FH64: u64 = FH as u64;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::Path;
@@ -260,8 +262,8 @@ fn classify(trace: &[TraceEvent]) -> (Vec<Site>, Vec<Site>) {
                     Site::IndexWrite
                 } else if *offset == 0 && *len == 64 {
                     Site::HeaderWrite
-                } else if *len == 48 {
-                    // A batch frame is at least 48 + 16 bytes; only markers are 48.
+                } else if *len == FH64 {
+                    // A batch frame is at least FRAME_HEADER_BYTES + 16 bytes; only markers are FRAME_HEADER_BYTES.
                     Site::SealWrite
                 } else {
                     Site::BatchWrite
@@ -276,7 +278,7 @@ fn classify(trace: &[TraceEvent]) -> (Vec<Site>, Vec<Site>) {
                 } else {
                     match last_write.get(path.as_path()) {
                         Some((0, 64)) => Site::HeaderSync,
-                        Some((_, 48)) => Site::SealSync,
+                        Some((_, FH64)) => Site::SealSync,
                         _ => Site::GroupSync,
                     }
                 };

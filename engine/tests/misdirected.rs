@@ -12,6 +12,8 @@
 //! or a recovery report of what was cut or repaired; every record that is returned must be
 //! the original one, and records may only go missing with a report.
 
+const FH: usize = annal::limits::FRAME_HEADER_BYTES;
+const FH64: u64 = FH as u64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,11 +24,12 @@ use annal::{CorruptionKind, Error, Log, Options};
 const DIR: &str = "/store";
 const PAYLOAD: usize = 100;
 /// Frame bytes of one batch of one record of `PAYLOAD` bytes.
-const FRAME: u64 = 48 + 16 + 104;
+const FRAME: u64 = FH64 + 16 + 104;
 
 fn opts() -> Options {
     Options {
-        segment_bytes: 4096,
+        // 23 batches of one 100-byte record per segment: the fixture's bases are 0, 23, 46...
+        segment_bytes: 4256,
         max_record_bytes: 1024,
         index_interval_bytes: 512,
         ..Options::default()
@@ -291,7 +294,7 @@ fn reheadered_frames_are_detected_by_record_seqs() {
             let mut forged = src.clone();
             // A valid header for the destination slot (the one that was there).
             let header = dst.encode_header();
-            forged[..48].copy_from_slice(&header);
+            forged[..FH].copy_from_slice(&header);
             // The forged header describes the source body exactly.
             assert_eq!(decode_frame_header(&forged).unwrap().body_bytes, dst.body_bytes);
             let mut seg = dst_seg_bytes;
@@ -495,7 +498,7 @@ fn truncated_sealed_segments_are_detected() {
     let fx = build(true, 12);
     let orig = fx.files.get(&seg_path(23)).clone();
     let len = orig.len();
-    let seal_at = len - 48;
+    let seal_at = len - FH;
     for cut in (0..len).filter(|&c| c % 8 == 0 || c + 200 > len || c < 70 || c % 168 < 3) {
         let mut files = fx.files.clone();
         files.set(&seg_path(23), orig[..cut].to_vec());

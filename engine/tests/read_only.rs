@@ -1,6 +1,7 @@
 //! A read-only open takes no lock and changes no byte: it works beside a running writer and
 //! reports (without cutting) a torn tail, and it refuses writes.
 
+const FH: usize = annal::limits::FRAME_HEADER_BYTES;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -64,7 +65,7 @@ fn torn_tail_is_reported_and_hidden_not_cut() {
     std::fs::remove_file(idx).unwrap();
     // The last batch starts after header (64) + first batch frame; cut 20 bytes into it and
     // drop the close frame.
-    let first_batch: usize = 48 + 16 + 5 + 16 + 6;
+    let first_batch: usize = FH + 16 + 5 + 16 + 6;
     let cut = 64 + first_batch.div_ceil(8) * 8 + 20;
     std::fs::write(&seg, &bytes[..cut]).unwrap();
     let before = snapshot(dir.path());
@@ -98,7 +99,7 @@ fn read_only_never_rebuilds_files_and_reads_through_a_missing_seal() {
     // Interrupted roll: the first segment lost its seal frame; and its index is gone.
     let first = segs.join(format!("{:020}.seg", 0));
     let bytes = std::fs::read(&first).unwrap();
-    std::fs::write(&first, &bytes[..bytes.len() - 48]).unwrap();
+    std::fs::write(&first, &bytes[..bytes.len() - FH]).unwrap();
     std::fs::remove_file(segs.join(format!("{:020}.idx", 0))).unwrap();
     let before = snapshot(dir.path());
     let reader = Log::open_read_only(dir.path(), small()).unwrap();

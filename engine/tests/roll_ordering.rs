@@ -16,6 +16,8 @@
 //! operation: it crashes the `SimFs` there and fails every later call, as a dead process
 //! would. Seeds: `ANNAL_SEED` (default fixed), printed.
 
+const FH: usize = annal::limits::FRAME_HEADER_BYTES;
+const FH64: u64 = FH as u64;
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -369,7 +371,7 @@ fn check_roll_order(trace: &[TraceEvent], preallocate: bool) -> Result<usize, St
         if base > 0 {
             let seal = (c..trace.len()).find(|&i| {
                 matches!(&trace[i],
-                TraceEvent::Write { path, len: 48, .. }
+                TraceEvent::Write { path, len: FH64, .. }
                 if seg_base(&path.to_string_lossy()).is_some_and(|b| b < base)
                     && path.to_string_lossy() != tmp)
             });
@@ -461,7 +463,7 @@ fn roll_order_checker_rejects_misordered_traces() {
         TraceEvent::SyncEnd { path: tmp.into(), ok: true },
         mark(&format!("rename {tmp} -> {}", tmp.trim_end_matches(".tmp"))),
         TraceEvent::DirSync { path: SEG_DIR.into(), ok: true },
-        w(old, 3000, 48),
+        w(old, 3000, FH64),
         w(tmp, 64, 100),
         mark("ack 5 6"),
     ];

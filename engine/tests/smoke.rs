@@ -84,3 +84,20 @@ fn lowering_max_record_bytes_keeps_what_was_written() {
         ));
     }
 }
+
+#[test]
+fn reopening_without_appends_leaves_the_files_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small()).unwrap();
+    log.append(&[b"one".as_slice(), b"two"]).unwrap();
+    log.close().unwrap();
+    let seg = dir.path().join("segments").join(format!("{:020}.seg", 0));
+    let before = std::fs::read(&seg).unwrap();
+    for _ in 0..3 {
+        let log = Log::open(dir.path(), small()).unwrap();
+        assert!(log.recovery_report().clean);
+        assert_eq!(log.cursor(0).count(), 2);
+        log.close().unwrap();
+        assert_eq!(std::fs::read(&seg).unwrap(), before, "an idle open/close changed the segment");
+    }
+}

@@ -22,6 +22,8 @@
 //! open treats it as the end of the log (reporting the non-zero bytes it cut), and the next
 //! append + reopen reads back every record with no error.
 
+const FH: usize = annal::limits::FRAME_HEADER_BYTES;
+const FH64: u64 = FH as u64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -365,7 +367,7 @@ fn expect(fx: &Fixture, damaged: &[u8]) -> Expect {
     };
     let header_intact = bad.is_some_and(|i| {
         let f = fx.last_frames[i];
-        let r = f.off as usize..f.off as usize + 48;
+        let r = f.off as usize..f.off as usize + FH;
         f.kind == FrameKind::Batch && damaged.get(r.clone()) == orig.get(r)
     });
     let events = if header_intact { u64::from(fx.last_frames[first_bad].count) } else { 0 };
@@ -374,7 +376,7 @@ fn expect(fx: &Fixture, damaged: &[u8]) -> Expect {
     let cause = bad.and_then(|i| {
         let f = fx.last_frames[i];
         let prefix_intact = orig.get(at as usize..damaged.len()) == damaged.get(at as usize..);
-        let needed = if available < 48 { 48 } else { f.total };
+        let needed = if available < FH64 { FH64 } else { f.total };
         (prefix_intact && available < f.total)
             .then_some(CorruptionKind::Decode(DecodeError::Truncated { needed, available }))
     });
@@ -618,10 +620,11 @@ impl Failures {
 fn boundaries(seg: &[u8], frames: &[FrameAt]) -> Vec<u64> {
     let mut out = Vec::new();
     for f in frames {
-        out.extend([f.off, f.off + 48, f.off + f.total]);
-        let body_end =
-            f.off + 48 + u64::from(decode_frame_header(&seg[f.off as usize..]).unwrap().body_bytes);
-        let mut pos = f.off + 48;
+        out.extend([f.off, f.off + FH64, f.off + f.total]);
+        let body_end = f.off
+            + FH64
+            + u64::from(decode_frame_header(&seg[f.off as usize..]).unwrap().body_bytes);
+        let mut pos = f.off + FH64;
         while pos + 16 <= body_end {
             let len =
                 u32::from_le_bytes(seg[pos as usize + 4..pos as usize + 8].try_into().unwrap());

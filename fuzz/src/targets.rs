@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use annal::format::{
     FrameKind, SegmentHeader, decode_frame_header, decode_index, decode_record_header,
-    encode_batch, encode_index, record_crc,
+    Placement, encode_batch, encode_index, record_crc,
 };
 use annal::fs::SimFs;
 use annal::limits::{
@@ -108,7 +108,14 @@ pub fn frame(data: &[u8]) -> Outcome {
     // Every record decoded: the batch re-encodes to the same bytes (padding aside, which the
     // decoder does not read).
     let mut out = Vec::new();
-    encode_batch(&mut out, f.seq, f.file_offset, f.synced_through, f.log_tag, &payloads);
+    let at = Placement {
+        seq: f.seq,
+        file_offset: f.file_offset,
+        synced_through: f.synced_through,
+        log_tag: f.log_tag,
+        timestamp_us: f.timestamp_us,
+    };
+    encode_batch(&mut out, at, &payloads);
     assert_eq!(&out[..body_end], &data[..body_end], "batch re-encodes differently");
     Outcome::Accepted
 }

@@ -39,7 +39,7 @@ enum Command {
     /// By default this opens the store as its writer: it takes the store's lock (exit 3 if
     /// another process holds it) and runs recovery, which cuts a torn tail (after copying the
     /// cut bytes aside; reported, and exit 1) or finishes an interrupted segment roll; closing
-    /// writes a 48-byte close frame. With --read-only it takes no lock and writes nothing.
+    /// writes a close frame (unless the store was already closed cleanly and nothing was appended). With --read-only it takes no lock and writes nothing.
     Verify(InspectArgs),
     /// Summarise a store: segments, next seq, durable head, recovery report.
     ///

@@ -18,7 +18,8 @@ const OFF_SEQ: usize = OFF_COUNT + 4;
 const OFF_FILE_OFFSET: usize = OFF_SEQ + 8;
 const OFF_SYNCED: usize = OFF_FILE_OFFSET + 8;
 const OFF_LOG_TAG: usize = OFF_SYNCED + 8;
-const _: () = assert!(OFF_LOG_TAG + 8 == FRAME_HEADER_BYTES);
+const OFF_TIMESTAMP: usize = OFF_LOG_TAG + 8;
+const _: () = assert!(OFF_TIMESTAMP + 8 == FRAME_HEADER_BYTES);
 
 const REC_OFF_CRC: usize = 0;
 const REC_OFF_LEN: usize = REC_OFF_CRC + 4;
@@ -65,6 +66,9 @@ pub struct Frame {
     pub synced_through: u64,
     /// The first eight bytes of the store's log id; a frame of another store is foreign.
     pub log_tag: u64,
+    /// When the frame was written, in microseconds since the Unix epoch; non-decreasing
+    /// across the log (the writer never goes back, even if the clock does).
+    pub timestamp_us: u64,
 }
 
 impl Frame {
@@ -82,10 +86,42 @@ impl Frame {
         LE::write_u64(&mut b[OFF_SEQ..OFF_FILE_OFFSET], self.seq);
         LE::write_u64(&mut b[OFF_FILE_OFFSET..OFF_SYNCED], self.file_offset);
         LE::write_u64(&mut b[OFF_SYNCED..OFF_LOG_TAG], self.synced_through);
-        LE::write_u64(&mut b[OFF_LOG_TAG..], self.log_tag);
+        LE::write_u64(&mut b[OFF_LOG_TAG..OFF_TIMESTAMP], self.log_tag);
+        LE::write_u64(&mut b[OFF_TIMESTAMP..], self.timestamp_us);
         let crc = crc32(&b[OFF_KIND..]);
         LE::write_u32(&mut b[OFF_CRC..OFF_KIND], crc);
         b
+    }
+}
+
+/// Where and when a frame is written: the header fields that depend on the frame's place in
+/// the log rather than on its contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// Batch: the seq of its first record. Seal/close: the next seq.
+    pub seq: u64,
+    /// The file offset the frame header is written at.
+    pub file_offset: u64,
+    /// Every byte of the file before this offset was durable when the frame was written.
+    pub synced_through: u64,
+    /// The store's log tag.
+    pub log_tag: u64,
+    /// The write time, microseconds since the Unix epoch, non-decreasing across the log.
+    pub timestamp_us: u64,
+}
+
+impl Placement {
+    fn frame(&self, kind: FrameKind, body_bytes: u32, count: u32) -> Frame {
+        Frame {
+            kind,
+            body_bytes,
+            count,
+            seq: self.seq,
+            file_offset: self.file_offset,
+            synced_through: self.synced_through,
+            log_tag: self.log_tag,
+            timestamp_us: self.timestamp_us,
+        }
     }
 }
 
@@ -129,7 +165,8 @@ pub fn decode_frame_header(buf: &[u8]) -> Result<Frame, DecodeError> {
         seq: LE::read_u64(&b[OFF_SEQ..OFF_FILE_OFFSET]),
         file_offset: LE::read_u64(&b[OFF_FILE_OFFSET..OFF_SYNCED]),
         synced_through: LE::read_u64(&b[OFF_SYNCED..OFF_LOG_TAG]),
-        log_tag: LE::read_u64(&b[OFF_LOG_TAG..]),
+        log_tag: LE::read_u64(&b[OFF_LOG_TAG..OFF_TIMESTAMP]),
+        timestamp_us: LE::read_u64(&b[OFF_TIMESTAMP..]),
     };
     match kind {
         FrameKind::Batch => {
@@ -228,28 +265,14 @@ pub fn decode_record_header(
 /// Appends one batch frame (header, records, zero padding) to `out`.
 ///
 /// The caller has checked the payload sizes and count against the limits; this is asserted.
-pub fn encode_batch<P: AsRef<[u8]>>(
-    out: &mut Vec<u8>,
-    first_seq: u64,
-    file_offset: u64,
-    synced_through: u64,
-    log_tag: u64,
-    payloads: &[P],
-) {
+pub fn encode_batch<P: AsRef<[u8]>>(out: &mut Vec<u8>, at: Placement, payloads: &[P]) {
+    let first_seq = at.seq;
     assert!(!payloads.is_empty() && payloads.len() <= BATCH_RECORDS_MAX as usize);
     let body: usize = payloads.iter().map(|p| RECORD_HEADER_BYTES + p.as_ref().len()).sum();
     // Callers bound batches by the segment size, which is far below 4 GiB of body.
     assert!(u32::try_from(body).is_ok(), "batch body exceeds u32");
     let body_bytes = body as u32;
-    let frame = Frame {
-        kind: FrameKind::Batch,
-        body_bytes,
-        count: payloads.len() as u32,
-        seq: first_seq,
-        file_offset,
-        synced_through,
-        log_tag,
-    };
+    let frame = at.frame(FrameKind::Batch, body_bytes, payloads.len() as u32);
     out.reserve(frame.total_bytes() as usize);
     let start = out.len();
     out.extend_from_slice(&frame.encode_header());
@@ -313,29 +336,16 @@ impl PreparedBatch {
         self.buf.len() as u64
     }
 
-    /// Fills in the seqs, position, durability watermark and log tag, and returns the frame
-    /// bytes, ready to be written at `file_offset`.
-    pub fn finalize(
-        &mut self,
-        first_seq: u64,
-        file_offset: u64,
-        synced_through: u64,
-        log_tag: u64,
-    ) -> &[u8] {
+    /// Fills in the seqs, position, durability watermark, log tag and time, and returns the
+    /// frame bytes, ready to be written at `at.file_offset`.
+    pub fn finalize(&mut self, at: Placement) -> &[u8] {
+        let first_seq = at.seq;
         let body_bytes: u64 = self
             .payload_crcs
             .iter()
             .map(|&(len, _)| RECORD_HEADER_BYTES as u64 + u64::from(len))
             .sum();
-        let frame = Frame {
-            kind: FrameKind::Batch,
-            body_bytes: body_bytes as u32,
-            count: self.count(),
-            seq: first_seq,
-            file_offset,
-            synced_through,
-            log_tag,
-        };
+        let frame = at.frame(FrameKind::Batch, body_bytes as u32, self.count());
         self.buf[..FRAME_HEADER_BYTES].copy_from_slice(&frame.encode_header());
         let mut pos = FRAME_HEADER_BYTES;
         for (i, &(len, payload_crc)) in self.payload_crcs.iter().enumerate() {
@@ -355,31 +365,18 @@ impl PreparedBatch {
     }
 }
 
-/// Encodes a seal or close frame: `count` records in the segment, `next_seq` the next seq.
-pub fn encode_marker_frame(
-    kind: FrameKind,
-    count: u32,
-    next_seq: u64,
-    file_offset: u64,
-    log_tag: u64,
-) -> [u8; FRAME_HEADER_BYTES] {
+/// Encodes a seal or close frame: `count` records in the segment, `at.seq` the next seq. A
+/// marker is written only after everything before it was synced, so its `synced_through` is
+/// its own offset whatever `at` says.
+pub fn encode_marker_frame(kind: FrameKind, count: u32, at: Placement) -> [u8; FRAME_HEADER_BYTES] {
     assert!(kind != FrameKind::Batch);
-    Frame {
-        kind,
-        body_bytes: 0,
-        count,
-        seq: next_seq,
-        file_offset,
-        // A marker is written only after everything before it was synced.
-        synced_through: file_offset,
-        log_tag,
-    }
-    .encode_header()
+    Placement { synced_through: at.file_offset, ..at }.frame(kind, 0, count).encode_header()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Placement as P;
 
     #[test]
     fn all_zero_frame_and_record_never_validate() {
@@ -391,7 +388,14 @@ mod tests {
     fn batch_round_trip() {
         let payloads: [&[u8]; 3] = [b"a", b"", b"hello world"];
         let mut out = Vec::new();
-        encode_batch(&mut out, 10, 64, 64, 0xABCD, &payloads);
+        let at = Placement {
+            seq: 10,
+            file_offset: 64,
+            synced_through: 64,
+            log_tag: 0xABCD,
+            timestamp_us: 5,
+        };
+        encode_batch(&mut out, at, &payloads);
         assert_eq!(out.len() as u64, batch_frame_bytes(payloads.iter().map(|p| p.len())));
         assert_eq!(out.len() % FRAME_ALIGN_BYTES, 0);
         let f = decode_frame_header(&out).unwrap();
@@ -411,20 +415,50 @@ mod tests {
     fn prepared_batch_matches_direct_encoding() {
         let payloads: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8; i * 7]).collect();
         let mut direct = Vec::new();
-        encode_batch(&mut direct, 1000, 4096, 512, 0x55, &payloads);
+        encode_batch(
+            &mut direct,
+            P { seq: 1000, file_offset: 4096, synced_through: 512, log_tag: 0x55, timestamp_us: 9 },
+            &payloads,
+        );
         let mut prepared = PreparedBatch::new(&payloads);
         assert_eq!(prepared.frame_bytes(), direct.len() as u64);
-        assert_eq!(prepared.finalize(1000, 4096, 512, 0x55), &direct[..]);
+        assert_eq!(
+            prepared.finalize(P {
+                seq: 1000,
+                file_offset: 4096,
+                synced_through: 512,
+                log_tag: 0x55,
+                timestamp_us: 9
+            }),
+            &direct[..]
+        );
         // Finalizing again at another position rewrites every position-dependent field.
         let mut again = Vec::new();
-        encode_batch(&mut again, 7, 64, 64, 0x55, &payloads);
-        assert_eq!(prepared.finalize(7, 64, 64, 0x55), &again[..]);
+        encode_batch(
+            &mut again,
+            P { seq: 7, file_offset: 64, synced_through: 64, log_tag: 0x55, timestamp_us: 9 },
+            &payloads,
+        );
+        assert_eq!(
+            prepared.finalize(P {
+                seq: 7,
+                file_offset: 64,
+                synced_through: 64,
+                log_tag: 0x55,
+                timestamp_us: 9
+            }),
+            &again[..]
+        );
     }
 
     #[test]
     fn oversize_length_rejected_before_use() {
         let mut out = Vec::new();
-        encode_batch(&mut out, 0, 64, 64, 1, &[b"abc"]);
+        encode_batch(
+            &mut out,
+            P { seq: 0, file_offset: 64, synced_through: 64, log_tag: 1, timestamp_us: 9 },
+            &[b"abc"],
+        );
         let rec = &mut out[FRAME_HEADER_BYTES..];
         LE::write_u32(&mut rec[REC_OFF_LEN..REC_OFF_SEQ], u32::MAX);
         assert!(matches!(
@@ -441,7 +475,11 @@ mod tests {
     #[test]
     fn every_bit_flip_of_a_batch_is_detected() {
         let mut good = Vec::new();
-        encode_batch(&mut good, 5, 128, 64, 77, &[b"xy".as_slice(), b"zzzz"]);
+        encode_batch(
+            &mut good,
+            P { seq: 5, file_offset: 128, synced_through: 64, log_tag: 77, timestamp_us: 9 },
+            &[b"xy".as_slice(), b"zzzz"],
+        );
         let body_end = FRAME_HEADER_BYTES + 2 * RECORD_HEADER_BYTES + 6;
         for bit in 0..body_end * 8 {
             let mut b = good.clone();

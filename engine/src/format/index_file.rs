@@ -27,13 +27,16 @@ const OFF_ENTRIES_CRC: usize = OFF_END_SEQ + 8;
 const OFF_CRC: usize = OFF_ENTRIES_CRC + 4;
 const _: () = assert!(OFF_CRC + 4 == INDEX_HEADER_BYTES);
 
-/// One sparse index entry: the batch whose first record is `seq` starts at `offset`.
+/// One sparse index entry: the batch whose first record is `seq` starts at `offset` and was
+/// written at `timestamp_us` (so a time can be found without a scan).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IndexEntry {
     /// First seq of the batch.
     pub seq: u64,
     /// File offset of the batch's frame header.
     pub offset: u64,
+    /// The batch's frame timestamp, microseconds since the Unix epoch.
+    pub timestamp_us: u64,
 }
 
 /// The decoded index header.
@@ -57,7 +60,8 @@ pub fn encode_index(header: &IndexHeader, entries: &[IndexEntry]) -> Vec<u8> {
     let (h, body) = out.split_at_mut(INDEX_HEADER_BYTES);
     for (e, chunk) in entries.iter().zip(body.chunks_exact_mut(INDEX_ENTRY_BYTES)) {
         LE::write_u64(&mut chunk[..8], e.seq);
-        LE::write_u64(&mut chunk[8..], e.offset);
+        LE::write_u64(&mut chunk[8..16], e.offset);
+        LE::write_u64(&mut chunk[16..], e.timestamp_us);
     }
     h[OFF_MAGIC..OFF_VERSION].copy_from_slice(&INDEX_MAGIC);
     LE::write_u16(&mut h[OFF_VERSION..OFF_HEADER_BYTES], INDEX_VERSION);
@@ -130,12 +134,18 @@ pub fn decode_index(buf: &[u8]) -> Result<(IndexHeader, Vec<IndexEntry>), Decode
     let mut entries = Vec::with_capacity(count as usize);
     let mut prev: Option<IndexEntry> = None;
     for chunk in body.chunks_exact(INDEX_ENTRY_BYTES) {
-        let e = IndexEntry { seq: LE::read_u64(&chunk[..8]), offset: LE::read_u64(&chunk[8..]) };
+        let e = IndexEntry {
+            seq: LE::read_u64(&chunk[..8]),
+            offset: LE::read_u64(&chunk[8..16]),
+            timestamp_us: LE::read_u64(&chunk[16..]),
+        };
         let in_range = e.seq >= header.segment_base
             && e.seq < header.end_seq
             && e.offset < header.end_offset
             && e.offset.is_multiple_of(FRAME_ALIGN_BYTES as u64);
-        let increasing = prev.is_none_or(|p| e.seq > p.seq && e.offset > p.offset);
+        let increasing = prev.is_none_or(|p| {
+            e.seq > p.seq && e.offset > p.offset && e.timestamp_us >= p.timestamp_us
+        });
         if !in_range || !increasing {
             return Err(DecodeError::Inconsistent("index entries out of order or out of range"));
         }
@@ -152,9 +162,9 @@ mod tests {
     fn sample() -> (IndexHeader, Vec<IndexEntry>) {
         let h = IndexHeader { log_id: [3; 16], segment_base: 100, end_offset: 9000, end_seq: 180 };
         let e = vec![
-            IndexEntry { seq: 100, offset: 64 },
-            IndexEntry { seq: 140, offset: 4208 },
-            IndexEntry { seq: 170, offset: 8504 },
+            IndexEntry { seq: 100, offset: 64, timestamp_us: 7 },
+            IndexEntry { seq: 140, offset: 4208, timestamp_us: 7 },
+            IndexEntry { seq: 170, offset: 8504, timestamp_us: 9 },
         ];
         (h, e)
     }

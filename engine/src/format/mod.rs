@@ -15,7 +15,7 @@ mod stream_checkpoint;
 
 pub use event::{EVENT_VERSION, EventBody};
 pub use frame::{
-    Frame, FrameKind, PreparedBatch, RecordHeader, align_up, batch_frame_bytes,
+    Frame, FrameKind, Placement, PreparedBatch, RecordHeader, align_up, batch_frame_bytes,
     decode_frame_header, decode_record_header, encode_batch, encode_marker_frame, log_tag,
     record_crc,
 };

@@ -138,6 +138,7 @@ impl StreamCheckpoint {
         // before the vector is allocated.
         r.check_room(u64::from(n_streams), 10)?;
         let mut streams = Vec::with_capacity(n_streams as usize);
+        let mut seen = std::collections::HashSet::with_capacity(n_streams as usize);
         for _ in 0..n_streams {
             let id_len = usize::from(r.u16()?);
             if id_len == 0 || id_len > STREAM_ID_BYTES_MAX {
@@ -150,6 +151,9 @@ impl StreamCheckpoint {
             let id = std::str::from_utf8(r.bytes(id_len)?)
                 .map_err(|_| DecodeError::Inconsistent("checkpoint stream id is not UTF-8"))?
                 .to_owned();
+            if !seen.insert(id.clone()) {
+                return Err(DecodeError::Inconsistent("checkpoint names a stream twice"));
+            }
             let n = r.u64()?;
             r.check_room(n, 8)?;
             let mut seqs = Vec::with_capacity(n as usize);
@@ -286,6 +290,9 @@ mod tests {
         let mut bad = sample();
         bad.streams[1].seqs = vec![1, 10];
         assert!(StreamCheckpoint::decode(&bad.encode()).is_err(), "seq at covered_seq");
+        let mut bad = sample();
+        bad.streams[1].id = "order-1".into();
+        assert!(StreamCheckpoint::decode(&bad.encode()).is_err(), "a stream named twice");
         let mut bad = sample();
         bad.recent[0].seq = 3;
         assert!(StreamCheckpoint::decode(&bad.encode()).is_err(), "id pointing nowhere");

@@ -96,6 +96,9 @@ pub struct RecordedEvent {
     pub version: u64,
     /// Its global sequence number (dense from 0 across the store).
     pub seq: u64,
+    /// When it was appended, microseconds since the Unix epoch; set by the store,
+    /// non-decreasing across the log.
+    pub timestamp_us: u64,
     /// Its metadata.
     pub metadata: Bytes,
     /// Its data.
@@ -222,7 +225,8 @@ impl Shared {
     /// Writes the index as of the visible end, atomically.
     fn write_checkpoint(&self) -> Result<()> {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let covered = self.log.visible_end();
+        // Only what is durable: under `Durability::None` the visible end runs ahead of it.
+        let covered = self.log.durable_head().map_or(0, |h| h + 1).min(self.log.visible_end());
         let bytes = {
             let ix = self.index.read().unwrap_or_else(|e| e.into_inner());
             ix.to_checkpoint(self.log.log_id(), covered)
@@ -491,6 +495,20 @@ impl Store {
         picked.into_iter().enumerate().map(|(v, s)| self.event_at(s, Some(v as u64))).collect()
     }
 
+    /// The events of `stream` appended at or before `timestamp_us` (microseconds since the
+    /// Unix epoch): the stream as it was at that time. Seeks by time through the log's sparse
+    /// time index.
+    pub fn read_stream_as_of_time(
+        &self,
+        stream: &str,
+        timestamp_us: u64,
+    ) -> Result<Vec<RecordedEvent>> {
+        match self.log.seq_at_time(timestamp_us)?.checked_sub(1) {
+            Some(last) => self.read_stream_as_of(stream, last),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Up to `max_count` events of the streams in `category` (see [`category_of`]) with seq at
     /// least `from_seq`, in log order.
     pub fn read_category(
@@ -563,6 +581,7 @@ impl Store {
             event_id: Uuid::from_bytes(body.event_id),
             version,
             seq: rec.seq,
+            timestamp_us: rec.timestamp_us,
             metadata: rec.payload.slice_ref(body.metadata),
             data: rec.payload.slice_ref(body.data),
         })

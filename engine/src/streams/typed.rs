@@ -81,6 +81,7 @@ mod tests {
             event_id: id,
             version: 0,
             seq: 0,
+            timestamp_us: 0,
             metadata: e.metadata.clone(),
             data: e.data.clone(),
         }
