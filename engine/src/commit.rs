@@ -39,6 +39,10 @@ pub(crate) struct WriterState {
     /// The active segment ends with a close frame and nothing was written since (a clean
     /// open with no appends): closing again needs no new close frame.
     pub tail_is_close: bool,
+    /// Finalized frames of the group being written, and their total bytes.
+    frames: Vec<PreparedBatch>,
+    pending: u64,
+    /// Where several frames are joined for one write.
     buf: Vec<u8>,
 }
 
@@ -56,6 +60,8 @@ impl WriterState {
             next_seq,
             last_timestamp_us,
             tail_is_close: false,
+            frames: Vec::new(),
+            pending: 0,
             buf: Vec::new(),
         }
     }
@@ -259,7 +265,7 @@ impl Inner {
         ws.next_timestamp();
         let mut items = group.into_iter();
         while let Some(mut p) = items.next() {
-            let end = ws.write_pos + ws.buf.len() as u64 + p.batch.frame_bytes();
+            let end = ws.write_pos + ws.pending + p.batch.frame_bytes();
             if end > limit {
                 let rolled = self.flush(&mut ws, true).and_then(|()| self.roll(&mut ws));
                 if let Err(e) = rolled {
@@ -294,11 +300,11 @@ impl Inner {
                     }
                 }
             }
-            let off = ws.write_pos + ws.buf.len() as u64;
+            let off = ws.write_pos + ws.pending;
             let count = p.batch.count();
             let at = ws.placement(first, off, self.log_tag);
-            let bytes = p.batch.finalize(at);
-            ws.buf.extend_from_slice(bytes);
+            p.batch.finalize(at);
+            ws.pending += p.batch.frame_bytes();
             ws.active.index.write().unwrap_or_else(|e| e.into_inner()).note_batch(
                 first,
                 off,
@@ -306,13 +312,14 @@ impl Inner {
                 self.opts.index_interval_bytes,
             );
             ws.next_seq += u64::from(count);
+            ws.frames.push(p.batch);
             done.push((p.tx, Appended { first, count }));
         }
         let sync = force_sync
             || match self.opts.durability {
                 Durability::Sync => true,
                 Durability::Batched { max_bytes, .. } => {
-                    ws.write_pos + ws.buf.len() as u64 - ws.synced_pos >= max_bytes
+                    ws.write_pos + ws.pending - ws.synced_pos >= max_bytes
                 }
                 Durability::None => false,
             };
@@ -340,20 +347,32 @@ impl Inner {
     /// poisons the log: after a failed write or fsync the page cache cannot be trusted, and
     /// an fsync is never retried.
     fn flush(&self, ws: &mut WriterState, sync: bool) -> Result<()> {
-        if !ws.buf.is_empty() {
+        if !ws.frames.is_empty() {
             let path = &ws.active.path;
-            if let Err(e) = ws.active.file.write_all_at(&ws.buf, ws.write_pos) {
-                let end = ws.write_pos + ws.buf.len() as u64;
-                ws.buf.clear();
+            // One frame (a lone appender, a bulk batch) is written from its own buffer; a
+            // group is joined first so that it still takes a single write.
+            let written = match ws.frames.as_slice() {
+                [one] => ws.active.file.write_all_at(one.bytes(), ws.write_pos),
+                many => {
+                    ws.buf.clear();
+                    for f in many {
+                        ws.buf.extend_from_slice(f.bytes());
+                    }
+                    ws.active.file.write_all_at(&ws.buf, ws.write_pos)
+                }
+            };
+            let len = ws.pending;
+            ws.frames.clear();
+            ws.pending = 0;
+            if let Err(e) = written {
                 let e = self.poison(Error::io("write", path, e));
-                self.discard_unsynced(ws, end);
+                self.discard_unsynced(ws, ws.write_pos + len);
                 return Err(e);
             }
             self.stats.groups.fetch_add(1, Ordering::Relaxed);
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes_written.fetch_add(ws.buf.len() as u64, Ordering::Relaxed);
-            ws.write_pos += ws.buf.len() as u64;
-            ws.buf.clear();
+            self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
+            ws.write_pos += len;
             ws.tail_is_close = false;
             ws.active.readable_end.store(ws.write_pos, Ordering::Release);
             self.committer.written.store(ws.next_seq, Ordering::Release);

@@ -109,7 +109,7 @@ pub(crate) struct Sealed {
     /// when a read-only open found the seal missing (an interrupted roll).
     pub data_end: u64,
     /// The map, made on first read where the storage supports it.
-    pub map: OnceLock<Option<Arc<memmap2::Mmap>>>,
+    pub map: OnceLock<Option<Bytes>>,
 }
 
 /// One segment as the log sees it.
@@ -146,11 +146,12 @@ impl Segment {
     /// readable prefix of the active one.
     pub(crate) fn source(&self) -> Source {
         if let Some(s) = self.sealed.get() {
-            let map = s.map.get_or_init(|| self.file.map().ok().flatten().map(Arc::new));
+            let map =
+                s.map.get_or_init(|| self.file.map().ok().flatten().map(segment::mapped_bytes));
             if let Some(m) = map
                 && m.len() as u64 == s.data_end
             {
-                return Source::Mapped(Arc::clone(m));
+                return Source::Mapped(m.clone());
             }
             return Source::file(Arc::clone(&self.file), s.data_end);
         }

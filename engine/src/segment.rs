@@ -31,8 +31,9 @@ const READ_WINDOW_MAX_BYTES: usize = 256 << 10;
 /// Random access to a segment's bytes: a memory map of a sealed segment, or positioned reads
 /// through a window buffer.
 pub(crate) enum Source {
-    /// The whole file, mapped.
-    Mapped(Arc<memmap2::Mmap>),
+    /// The whole file, mapped, as one `Bytes` that owns the map: slicing it hands out
+    /// records without copying or allocating.
+    Mapped(bytes::Bytes),
     /// Positioned reads of the first `len` bytes of `file`.
     File {
         /// The segment file.
@@ -111,12 +112,17 @@ impl Source {
 
 /// Lets a memory map own the bytes of a [`bytes::Bytes`], so reads of sealed segments do
 /// not copy.
-struct MapOwner(Arc<memmap2::Mmap>);
+struct MapOwner(memmap2::Mmap);
 
 impl AsRef<[u8]> for MapOwner {
     fn as_ref(&self) -> &[u8] {
         &self.0[..]
     }
+}
+
+/// The whole of a mapped file as one `Bytes` owning the map.
+pub(crate) fn mapped_bytes(map: memmap2::Mmap) -> bytes::Bytes {
+    bytes::Bytes::from_owner(MapOwner(map))
 }
 
 impl Source {
@@ -127,8 +133,7 @@ impl Source {
             let Some(end) = end else {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             };
-            let owner = bytes::Bytes::from_owner(MapOwner(Arc::clone(m)));
-            return Ok(owner.slice(off as usize..end as usize));
+            return Ok(m.slice(off as usize..end as usize));
         }
         Ok(bytes::Bytes::copy_from_slice(self.get(off, n)?))
     }
@@ -404,8 +409,18 @@ pub(crate) fn survey_tail(src: &mut Source, bad_at: u64, log_tag: u64) -> io::Re
     let mut survey = TailSurvey { nonzero_end: bad_at, ..TailSurvey::default() };
     let len = src.len();
     let align = FRAME_ALIGN_BYTES as u64;
+    // Preallocated space is zeros, often megabytes of it: a block of zeros holds no frame (a
+    // frame's kind byte is never zero) and no non-zero byte, so it is skipped whole.
+    const ZERO_BLOCK: u64 = 64 << 10;
     let mut pos = bad_at;
     while pos < len {
+        if pos.is_multiple_of(align)
+            && len - pos >= ZERO_BLOCK
+            && src.get(pos, ZERO_BLOCK as usize)?.iter().all(|&b| b == 0)
+        {
+            pos += ZERO_BLOCK;
+            continue;
+        }
         let n = (len - pos).min(align) as usize;
         if let Some(last) = src.get(pos, n)?.iter().rposition(|&b| b != 0) {
             survey.nonzero_end = pos + last as u64 + 1;

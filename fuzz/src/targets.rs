@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use annal::format::{
-    FrameKind, SegmentHeader, decode_frame_header, decode_index, decode_record_header,
-    Placement, encode_batch, encode_index, record_crc,
+    FrameKind, Placement, SegmentHeader, decode_frame_header, decode_index, decode_record_header,
+    encode_batch, encode_index, record_crc,
 };
 use annal::fs::SimFs;
 use annal::limits::{

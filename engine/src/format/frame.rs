@@ -205,7 +205,7 @@ pub fn decode_frame_header(buf: &[u8]) -> Result<Frame, DecodeError> {
 /// A decoded record header inside a batch (format-spec.md §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// Stored CRC over header bytes 4..16 and the payload.
+    /// Stored CRC over the payload and then header bytes 4..16.
     pub crc: u32,
     /// Payload length in bytes.
     pub payload_bytes: u32,
@@ -218,9 +218,11 @@ pub fn record_crc(payload_bytes: u32, seq: u64, payload: &[u8]) -> u32 {
     let mut fields = [0u8; RECORD_HEADER_BYTES - 4];
     LE::write_u32(&mut fields[..4], payload_bytes);
     LE::write_u64(&mut fields[4..], seq);
+    // The payload comes first, so an appender can checksum it before it knows the record's
+    // seq, and the group-commit leader only adds the 12 header bytes.
     let mut h = crc32fast::Hasher::new();
-    h.update(&fields);
     h.update(payload);
+    h.update(&fields);
     h.finalize()
 }
 
@@ -298,7 +300,8 @@ pub fn encode_batch<P: AsRef<[u8]>>(out: &mut Vec<u8>, at: Placement, payloads: 
 #[derive(Debug, Clone)]
 pub struct PreparedBatch {
     buf: Vec<u8>,
-    payload_crcs: Vec<(u32, u32)>,
+    /// Each record's payload length and the CRC state after its payload.
+    payload_crcs: Vec<(u32, crc32fast::Hasher)>,
 }
 
 impl PreparedBatch {
@@ -320,10 +323,17 @@ impl PreparedBatch {
             LE::write_u32(&mut h[REC_OFF_LEN..REC_OFF_SEQ], len);
             buf.extend_from_slice(&h);
             buf.extend_from_slice(p);
-            payload_crcs.push((len, crc32(p)));
+            let mut h = crc32fast::Hasher::new();
+            h.update(p);
+            payload_crcs.push((len, h));
         }
         buf.resize(total as usize, 0);
         PreparedBatch { buf, payload_crcs }
+    }
+
+    /// The frame bytes as last finalized (before `finalize`, with placeholder headers).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Records in the batch.
@@ -348,14 +358,14 @@ impl PreparedBatch {
         let frame = at.frame(FrameKind::Batch, body_bytes as u32, self.count());
         self.buf[..FRAME_HEADER_BYTES].copy_from_slice(&frame.encode_header());
         let mut pos = FRAME_HEADER_BYTES;
-        for (i, &(len, payload_crc)) in self.payload_crcs.iter().enumerate() {
+        for (i, (len, after_payload)) in self.payload_crcs.iter().enumerate() {
+            let len = *len;
             let seq = first_seq + i as u64;
             let mut fields = [0u8; RECORD_HEADER_BYTES - 4];
             LE::write_u32(&mut fields[..4], len);
             LE::write_u64(&mut fields[4..], seq);
-            let mut h = crc32fast::Hasher::new();
+            let mut h = after_payload.clone();
             h.update(&fields);
-            h.combine(&crc32fast::Hasher::new_with_initial_len(payload_crc, u64::from(len)));
             let rec = &mut self.buf[pos..pos + RECORD_HEADER_BYTES];
             LE::write_u32(&mut rec[REC_OFF_CRC..REC_OFF_LEN], h.finalize());
             LE::write_u64(&mut rec[REC_OFF_SEQ..], seq);

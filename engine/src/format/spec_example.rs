@@ -28,7 +28,7 @@ const SEGMENT_HEXDUMP: &str = "\
 00000040  90 36 2a 15 01 00 00 00  25 00 00 00 02 00 00 00  |.6*.....%.......|
 00000050  00 00 00 00 00 00 00 00  40 00 00 00 00 00 00 00  |........@.......|
 00000060  40 00 00 00 00 00 00 00  00 01 02 03 04 05 06 07  |@...............|
-00000070  00 40 1e 18 24 0a 06 00  aa 4c 73 cd 05 00 00 00  |.@..$....Ls.....|
+00000070  00 40 1e 18 24 0a 06 00  c4 33 c1 0f 05 00 00 00  |.@..$....3......|
 00000080  00 00 00 00 00 00 00 00  68 65 6c 6c 6f f1 c6 7f  |........hello...|
 00000090  b7 00 00 00 00 01 00 00  00 00 00 00 00 00 00 00  |................|
 000000a0  f2 c0 3d be 03 00 00 00  00 00 00 00 02 00 00 00  |..=.............|
@@ -202,7 +202,7 @@ fn the_spec_bytes_decode_to_the_documented_fields() {
     assert_eq!(64 + batch.total_bytes(), CLOSE_AT);
 
     let (r0, p0) = decode_record_header(&seg[120..], 0, RECORD_BODY_BYTES_MAX).unwrap();
-    assert_eq!((r0.crc, r0.payload_bytes, r0.seq, p0), (0xCD73_4CAA, 5, 0, &b"hello"[..]));
+    assert_eq!((r0.crc, r0.payload_bytes, r0.seq, p0), (0x0FC1_33C4, 5, 0, &b"hello"[..]));
     let (r1, p1) = decode_record_header(&seg[141..], 1, RECORD_BODY_BYTES_MAX).unwrap();
     assert_eq!((r1.crc, r1.payload_bytes, r1.seq, p1), (0xB77F_C6F1, 0, 1, &b""[..]));
     assert_eq!(&seg[157..160], &[0, 0, 0], "padding");
@@ -220,10 +220,12 @@ fn the_spec_bytes_decode_to_the_documented_fields() {
     assert_eq!(crc32(&seg[0..60]), 0xF646_64D8);
     assert_eq!(stored(&seg, 64), 0x152A_3690);
     assert_eq!(crc32(&seg[68..120]), 0x152A_3690);
-    assert_eq!(stored(&seg, 120), 0xCD73_4CAA);
-    assert_eq!(crc32(&seg[124..141]), 0xCD73_4CAA);
+    // A record's CRC runs over its payload, then its header bytes 4..16.
+    let record_crc = |payload: &[u8], fields: &[u8]| crc32(&[payload, fields].concat());
+    assert_eq!(stored(&seg, 120), 0x0FC1_33C4);
+    assert_eq!(record_crc(&seg[136..141], &seg[124..136]), 0x0FC1_33C4);
     assert_eq!(stored(&seg, 141), 0xB77F_C6F1);
-    assert_eq!(crc32(&seg[145..157]), 0xB77F_C6F1);
+    assert_eq!(record_crc(&seg[157..157], &seg[145..157]), 0xB77F_C6F1);
     assert_eq!(stored(&seg, 160), 0xBE3D_C0F2);
     assert_eq!(crc32(&seg[164..216]), 0xBE3D_C0F2);
 
