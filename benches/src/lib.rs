@@ -17,6 +17,7 @@
 //! - [`machine`]: what machine and file system the figures come from, and the refusal to
 //!   measure durability on a RAM-backed file system.
 //! - [`payload`]: deterministic event payloads.
+//! - [`report`]: progress lines, settling the file system, Markdown tables.
 //! - [`stats`]: medians, latency histograms and the table's number formats.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,4 +27,5 @@ pub mod machine;
 pub mod payload;
 pub mod peer;
 pub mod plain;
+pub mod report;
 pub mod stats;

@@ -32,8 +32,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use annal::{Durability, Log, Options};
@@ -42,6 +42,7 @@ use annal_benches::machine;
 use annal_benches::payload::{self, BULK_BATCH_EVENTS, EVENT_BYTES};
 use annal_benches::peer::OkayWal;
 use annal_benches::plain::{self, PlainReader, PlainWriter};
+use annal_benches::report::{Table, ms_since, per_rep, progress, settle, verdict};
 use annal_benches::stats::{
     fmt_ms, fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us, record,
 };
@@ -121,13 +122,6 @@ impl Config {
     fn runs(&self, workload: &str) -> bool {
         self.only.contains(workload)
     }
-}
-
-/// Progress lines on stderr, stamped with the time since start.
-fn progress(msg: impl AsRef<str>) {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    eprintln!("[{t:7.1}s] {}", msg.as_ref());
 }
 
 fn main() {
@@ -273,13 +267,6 @@ impl Env {
         let n = self.next_name.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("{what}-{n}"))
     }
-}
-
-/// Lets the file system finish what earlier steps left (unlinked extents, journal) before
-/// the next timed step, so it is not billed to whoever runs next.
-fn settle(dir: &Path) -> R<()> {
-    rustix::fs::syncfs(File::open(dir)?)?;
-    Ok(())
 }
 
 fn remove(path: &Path) -> R<()> {
@@ -1047,10 +1034,6 @@ fn min(xs: &[f64]) -> f64 {
     xs.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
 fn open_workload(env: &Env, events: u64, segment_bytes: u64, reps: usize) -> R<OpenFigures> {
     let opts = annal_options(segment_bytes);
     let adir = env.fresh("open-annal");
@@ -1264,56 +1247,6 @@ fn sweep_section(env: &Env, report: &mut Report) -> R<()> {
 // ---------------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------------
-
-fn verdict(ratio: f64, target: f64) -> String {
-    let word = if ratio >= target { "met" } else { "MISSED" };
-    format!(">= {target:.1}x: {word}")
-}
-
-fn per_rep(what: &str, xs: &[f64]) -> String {
-    let list: Vec<String> = xs.iter().map(|x| format!("{x:.2}")).collect();
-    format!("Per-repetition {what}: {}.", list.join(", "))
-}
-
-/// A Markdown table with a title and notes.
-struct Table {
-    title: String,
-    head: Vec<String>,
-    rows: Vec<Vec<String>>,
-    notes: Vec<String>,
-}
-
-impl Table {
-    fn new(title: &str, head: &[&str]) -> Self {
-        Table {
-            title: title.into(),
-            head: head.iter().map(|s| s.to_string()).collect(),
-            rows: Vec::new(),
-            notes: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn note(&mut self, n: String) {
-        self.notes.push(n);
-    }
-
-    fn render(&self, out: &mut String) {
-        out.push_str(&format!("### {}\n\n", self.title));
-        out.push_str(&format!("| {} |\n", self.head.join(" | ")));
-        out.push_str(&format!("|{}\n", "---|".repeat(self.head.len())));
-        for r in &self.rows {
-            out.push_str(&format!("| {} |\n", r.join(" | ")));
-        }
-        out.push('\n');
-        for n in &self.notes {
-            out.push_str(&format!("{n}\n\n"));
-        }
-    }
-}
 
 #[derive(Default)]
 struct Report {

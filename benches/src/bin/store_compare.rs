@@ -27,11 +27,11 @@
 //! (`--allow-ram` overrides, for trying the driver out only), and are removed at the end.
 
 use std::error::Error;
-use std::fs::{self, File};
+use std::fs;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use annal::{
@@ -40,6 +40,7 @@ use annal::{
 };
 use annal_benches::machine;
 use annal_benches::payload::XorShift;
+use annal_benches::report::{Table, ms_since, per_rep, progress, settle, verdict};
 use annal_benches::stats::{
     fmt_ms, fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us, record,
 };
@@ -109,13 +110,6 @@ impl Config {
     }
 }
 
-/// Progress lines on stderr, stamped with the time since start.
-fn progress(msg: impl AsRef<str>) {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    eprintln!("[{t:7.1}s] {}", msg.as_ref());
-}
-
 const USAGE: &str = "usage: store_compare [--quick] [--dir PATH] [--allow-ram] [--reps N]";
 
 fn main() {
@@ -179,16 +173,6 @@ fn run(args: &[String]) -> R<()> {
     print!("{}", report.render());
     run_dir.close()?;
     Ok(())
-}
-
-/// Lets the file system finish what earlier steps left before the next timed step.
-fn settle(dir: &Path) -> R<()> {
-    rustix::fs::syncfs(File::open(dir)?)?;
-    Ok(())
-}
-
-fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
 }
 
 // ---------------------------------------------------------------------------------------
@@ -888,58 +872,8 @@ fn append_section(cfg: &Config, root: &Path, report: &mut Report) -> R<()> {
 // Report
 // ---------------------------------------------------------------------------------------
 
-fn verdict(ratio: f64, target: f64) -> String {
-    let word = if ratio >= target { "met" } else { "MISSED" };
-    format!(">= {target:.1}x: {word}")
-}
-
 fn list(xs: &[f64]) -> String {
     xs.iter().map(|x| fmt_ms(*x)).collect::<Vec<_>>().join(", ")
-}
-
-fn per_rep(what: &str, xs: &[f64]) -> String {
-    let list: Vec<String> = xs.iter().map(|x| format!("{x:.2}")).collect();
-    format!("Per-repetition {what}: {}.", list.join(", "))
-}
-
-/// A Markdown table with a title and notes.
-struct Table {
-    title: String,
-    head: Vec<String>,
-    rows: Vec<Vec<String>>,
-    notes: Vec<String>,
-}
-
-impl Table {
-    fn new(title: &str, head: &[&str]) -> Self {
-        Table {
-            title: title.into(),
-            head: head.iter().map(|s| s.to_string()).collect(),
-            rows: Vec::new(),
-            notes: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn note(&mut self, n: String) {
-        self.notes.push(n);
-    }
-
-    fn render(&self, out: &mut String) {
-        out.push_str(&format!("### {}\n\n", self.title));
-        out.push_str(&format!("| {} |\n", self.head.join(" | ")));
-        out.push_str(&format!("|{}\n", "---|".repeat(self.head.len())));
-        for r in &self.rows {
-            out.push_str(&format!("| {} |\n", r.join(" | ")));
-        }
-        out.push('\n');
-        for n in &self.notes {
-            out.push_str(&format!("{n}\n\n"));
-        }
-    }
 }
 
 #[derive(Default)]
