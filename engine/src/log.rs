@@ -126,6 +126,24 @@ pub(crate) struct Segment {
     /// For the active segment: bytes readers may read (all frames below it are complete).
     pub readable_end: AtomicU64,
     pub sealed: OnceLock<Sealed>,
+    /// Where each record starts, for point reads; grown on demand (format-spec.md §5.2).
+    pub dense: RwLock<DenseOffsets>,
+}
+
+/// The offset of every record of a segment up to `end`, found by walking frame headers
+/// (each checked) and record lengths. A hint, like the sparse index: a point read still
+/// verifies the CRC and seq of the record it lands on.
+#[derive(Debug, Default)]
+pub(crate) struct DenseOffsets {
+    /// `offsets[i]`: file offset of the header of record `base + i`.
+    offsets: Vec<u32>,
+    /// `(first seq, timestamp, frame offset)` of every batch walked, in order.
+    batches: Vec<(u64, u64, u64)>,
+    /// Offset of the next frame to walk.
+    end: u64,
+    /// The walk met a frame it could not trust: point reads beyond use the cursor path,
+    /// which reports the damage.
+    stuck: bool,
 }
 
 impl Segment {
@@ -139,6 +157,10 @@ impl Segment {
             index_dirty: std::sync::atomic::AtomicBool::new(false),
             readable_end: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
             sealed: OnceLock::new(),
+            dense: RwLock::new(DenseOffsets {
+                end: SEGMENT_HEADER_BYTES as u64,
+                ..DenseOffsets::default()
+            }),
         }
     }
 
@@ -183,6 +205,9 @@ pub(crate) struct Inner {
     pub recovery: RecoveryReport,
     /// Opened with [`Log::open_read_only`]: no lock, no writes.
     pub read_only: bool,
+    /// Bytes held by the dense offsets of all segments (bounded by
+    /// `Options::point_read_index_bytes`).
+    pub dense_bytes: AtomicU64,
     /// Dropping this ends the `Batched` flusher thread.
     pub flusher_stop: std::sync::Mutex<Option<crossbeam_channel::Sender<()>>>,
     pub _lock: Option<Box<dyn LockGuard>>,
@@ -279,6 +304,7 @@ impl Log {
             opts,
             read_only: !writable,
             flusher_stop: std::sync::Mutex::new(None),
+            dense_bytes: AtomicU64::new(0),
             _lock: lock,
         });
         if let (Durability::Batched { max_delay, .. }, true) = (inner.opts.durability, writable) {
@@ -387,6 +413,13 @@ impl Log {
     /// Reads record `seq`, verifying its CRC. Fails with [`Error::SeqOutOfRange`] for seqs
     /// not yet visible and [`Error::Corrupt`] if the bytes do not verify.
     pub fn read(&self, seq: u64) -> Result<Record> {
+        let visible = self.visible_end();
+        if seq >= visible {
+            return Err(Error::SeqOutOfRange { seq, head: visible });
+        }
+        if let Some(rec) = self.inner.point_read(seq)? {
+            return Ok(rec);
+        }
         let mut cursor = self.cursor(seq);
         match cursor.next() {
             Some(r) => r,
@@ -537,6 +570,132 @@ impl Inner {
                 other => Err(self.poison(other)),
             },
         }
+    }
+
+    /// Reads a visible `seq` through its segment's dense offsets, or `None` when they cannot
+    /// help (the memory budget is spent, or the walk met damage): the caller then uses a
+    /// cursor, which reports any damage precisely.
+    fn point_read(&self, seq: u64) -> Result<Option<Record>> {
+        let Some(seg) = self.segment_for(seq) else { return Ok(None) };
+        let i = (seq - seg.base) as usize;
+        let known = |d: &DenseOffsets| -> Option<(u64, u64)> {
+            let off = u64::from(*d.offsets.get(i)?);
+            let b = d.batches.partition_point(|&(first, _, _)| first <= seq).checked_sub(1)?;
+            Some((off, d.batches.get(b)?.1))
+        };
+        let hit = known(&seg.dense.read().unwrap_or_else(|e| e.into_inner()));
+        let hit = match hit {
+            Some(h) => Some(h),
+            None => {
+                self.extend_dense(&seg);
+                known(&seg.dense.read().unwrap_or_else(|e| e.into_inner()))
+            }
+        };
+        let Some((off, timestamp_us)) = hit else { return Ok(None) };
+        let mut src = seg.source();
+        let end = src.len();
+        if let Source::File { file, .. } = &src {
+            // No read-ahead window for one record: its header, then exactly its bytes.
+            let payload = segment::read_record_exact(file.as_ref(), off, end, seq)
+                .map_err(|(o, e)| e.at(&seg.path, o))?;
+            return Ok(Some(Record { seq, timestamp_us, payload }));
+        }
+        let (payload_off, len) = segment::record_at(&mut src, off, end, seq, RECORD_BODY_BYTES_MAX)
+            .map_err(|(o, e)| e.at(&seg.path, o))?;
+        let payload =
+            src.bytes(payload_off, len as usize).map_err(|e| Error::io("read", &seg.path, e))?;
+        Ok(Some(Record { seq, timestamp_us, payload }))
+    }
+
+    /// Walks the frames after the dense offsets' end up to the readable end, within the
+    /// memory budget.
+    fn extend_dense(&self, seg: &Segment) {
+        let mut d = seg.dense.write().unwrap_or_else(|e| e.into_inner());
+        if d.stuck {
+            return;
+        }
+        let mut src = seg.source();
+        let limit = src.len();
+        let walked_from = d.end;
+        while d.end < limit {
+            let off = d.end;
+            let Ok(f) = segment::frame_at(&mut src, off, self.log_tag) else {
+                d.stuck = true;
+                return;
+            };
+            match f.kind {
+                FrameKind::Seal => break,
+                FrameKind::Close => {}
+                FrameKind::Batch => {
+                    if f.seq != seg.base + d.offsets.len() as u64 {
+                        d.stuck = true;
+                        return;
+                    }
+                    let need = u64::from(f.count) * 4 + 24;
+                    let spent = self.dense_bytes.fetch_add(need, Ordering::AcqRel);
+                    if spent + need > self.opts.point_read_index_bytes {
+                        self.dense_bytes.fetch_sub(need, Ordering::AcqRel);
+                        return;
+                    }
+                    let mut pos = off + FRAME_HEADER_BYTES as u64;
+                    let body_end = pos + u64::from(f.body_bytes);
+                    for _ in 0..f.count {
+                        let Ok(h) = src.get(pos, crate::limits::RECORD_HEADER_BYTES) else {
+                            d.stuck = true;
+                            return;
+                        };
+                        let len = u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]]));
+                        let next = pos + crate::limits::RECORD_HEADER_BYTES as u64 + len;
+                        if next > body_end || pos > u64::from(u32::MAX) {
+                            d.stuck = true;
+                            return;
+                        }
+                        d.offsets.push(pos as u32);
+                        pos = next;
+                    }
+                    d.batches.push((f.seq, f.timestamp_us, off));
+                }
+            }
+            d.end = off + f.total_bytes();
+        }
+        let walked_to = d.end;
+        drop(d);
+        self.check_index_against_dense(seg, walked_from, walked_to);
+    }
+
+    /// Once a sealed segment's frames have all been walked, every sparse index entry must
+    /// name a batch that was seen (offset, first seq and time); if one does not, the index is
+    /// wrong (stale, forged, foreign) and is rebuilt from what the walk found.
+    fn check_index_against_dense(&self, seg: &Segment, from: u64, to: u64) {
+        if from >= to || self.ensure_index(seg).is_err() {
+            return;
+        }
+        let d = seg.dense.read().unwrap_or_else(|e| e.into_inner());
+        let ix = seg.index.read().unwrap_or_else(|e| e.into_inner());
+        let walked = ix.entries().iter().filter(|e| e.offset >= from && e.offset < to);
+        let agrees = walked.clone().all(|e| {
+            let i = d.batches.partition_point(|&(_, _, off)| off < e.offset);
+            d.batches.get(i).is_some_and(|&(first, ts, off)| {
+                off == e.offset && first == e.seq && ts == e.timestamp_us
+            })
+        });
+        drop(walked);
+        if agrees {
+            return;
+        }
+        drop(ix);
+        let mut rebuilt = SparseIndex::default();
+        for &(first, ts, off) in &d.batches {
+            rebuilt.note_batch(first, off, ts, self.opts.index_interval_bytes);
+        }
+        drop(d);
+        self.stats.index_rebuilds.fetch_add(1, Ordering::Relaxed);
+        let mut ix = seg.index.write().unwrap_or_else(|e| e.into_inner());
+        // Keep what the writer noted beyond the walk (the active segment grows meanwhile).
+        let mut entries = rebuilt.entries().to_vec();
+        entries.extend(ix.entries().iter().filter(|e| e.offset >= to));
+        *ix = SparseIndex::from_entries(entries);
+        seg.index_dirty.store(true, Ordering::Release);
     }
 
     fn first_timestamp(&self, seg: &Segment) -> Result<Option<u64>> {

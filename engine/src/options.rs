@@ -44,6 +44,11 @@ pub struct Options {
     pub index_interval_bytes: u64,
     /// When appends return and become visible. Default [`Durability::Sync`].
     pub durability: Durability,
+    /// Memory for the record offsets that make `Log::read(seq)` a direct lookup (4 bytes per
+    /// record, 24 per batch, kept for segments once read). Default 64 MiB, about 16 million
+    /// records; beyond it, point reads walk from the sparse index, which is slower but needs
+    /// no memory. 0 turns the offsets off.
+    pub point_read_index_bytes: u64,
     /// Reserve each new segment's space up front (`fallocate`) so running out of space shows
     /// up when a segment is created rather than in the middle of appends. Default true.
     pub preallocate: bool,
@@ -56,6 +61,7 @@ impl Default for Options {
             max_record_bytes: 16 << 20,
             index_interval_bytes: 4096,
             durability: Durability::Sync,
+            point_read_index_bytes: 64 << 20,
             preallocate: true,
         }
     }

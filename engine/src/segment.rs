@@ -17,7 +17,8 @@ use crate::format::{
 use crate::fs::{OpenMode, Storage, StorageFile};
 use crate::index::SparseIndex;
 use crate::limits::{
-    FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::names;
 
@@ -267,6 +268,39 @@ pub(crate) fn locate_record(
         pos += RECORD_HEADER_BYTES as u64 + u64::from(len);
     }
     record_at(src, pos, body_end, seq, max_payload)
+}
+
+/// Reads and verifies the record at `pos` (before `end`) with two exact positioned reads,
+/// for point reads where a read-ahead window would be wasted. Returns its payload.
+pub(crate) fn read_record_exact(
+    file: &dyn StorageFile,
+    pos: u64,
+    end: u64,
+    seq: u64,
+) -> Result<bytes::Bytes, (u64, FrameError)> {
+    let mut h = [0u8; RECORD_HEADER_BYTES];
+    if pos + RECORD_HEADER_BYTES as u64 > end {
+        return Err((pos, DecodeError::Inconsistent("record header beyond the data").into()));
+    }
+    file.read_exact_at(&mut h, pos).map_err(|e| (pos, e.into()))?;
+    let len = LE::read_u32(&h[4..8]);
+    if len > RECORD_BODY_BYTES_MAX {
+        let e = DecodeError::OutOfBounds {
+            field: "record payload_bytes",
+            value: len.into(),
+            max: RECORD_BODY_BYTES_MAX.into(),
+        };
+        return Err((pos, e.into()));
+    }
+    let total = RECORD_HEADER_BYTES as u64 + u64::from(len);
+    if pos + total > end {
+        return Err((pos, DecodeError::Inconsistent("record crosses the end of the data").into()));
+    }
+    // Bounded by RECORD_BODY_BYTES_MAX, checked above.
+    let mut buf = vec![0u8; total as usize];
+    file.read_exact_at(&mut buf, pos).map_err(|e| (pos, e.into()))?;
+    decode_record_header(&buf, seq, RECORD_BODY_BYTES_MAX).map_err(|e| (pos, e.into()))?;
+    Ok(bytes::Bytes::from(buf).slice(RECORD_HEADER_BYTES..))
 }
 
 /// Verifies the record whose header is at `pos` (inside a batch body ending at `body_end`)

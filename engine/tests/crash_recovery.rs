@@ -394,6 +394,8 @@ fn options(case: &Case, dur: Dur) -> Options {
             Dur::None => Durability::None,
         },
         preallocate: case.preallocate,
+        // Small, so that point reads also run past the budget and fall back to a cursor.
+        point_read_index_bytes: 4 << 10,
     }
 }
 
