@@ -1,11 +1,21 @@
 //! What both comparison binaries share to run and report: progress lines, settling the file
-//! system between timed steps, and the Markdown tables of the results.
+//! system between timed steps, timing calls on many threads, and the Markdown tables of the
+//! results.
 
+use std::error::Error;
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::stats::{latency_histogram, record};
+
+/// The error type of the comparison binaries.
+pub type R<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Prints a progress line to stderr, prefixed with the seconds since the first call.
 pub fn progress(msg: impl AsRef<str>) {
@@ -24,6 +34,52 @@ pub fn settle(dir: &Path) -> io::Result<()> {
 /// Milliseconds since `t`.
 pub fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Runs `op` on `threads` threads for `secs` seconds, timing every call. The clock runs
+/// from the moment all threads are released until the last one returns.
+pub fn timed_threads<F>(threads: usize, secs: f64, op: F) -> R<(u64, f64, Histogram<u64>)>
+where
+    F: Fn(usize, u64) -> R<()> + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(threads + 1);
+    let (results, elapsed) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (stop, barrier, op) = (&stop, &barrier, &op);
+                s.spawn(move || -> R<(u64, Histogram<u64>)> {
+                    let mut h = latency_histogram();
+                    let mut n = 0u64;
+                    barrier.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        op(t, n)?;
+                        record(&mut h, t0.elapsed());
+                        n += 1;
+                    }
+                    Ok((n, h))
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        let results: Vec<R<(u64, Histogram<u64>)>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a benchmark thread panicked".into())))
+            .collect();
+        (results, t0.elapsed().as_secs_f64())
+    });
+    let mut hist = latency_histogram();
+    let mut ops = 0;
+    for r in results {
+        let (n, h) = r?;
+        ops += n;
+        hist.add(&h).map_err(|e| format!("merging histograms: {e}"))?;
+    }
+    Ok((ops, elapsed, hist))
 }
 
 /// `>= 0.8x: met` or `>= 0.8x: MISSED`.

@@ -26,13 +26,11 @@
 //! Stores live under `--dir`, `$ANNAL_BENCH_DIR` or `target/bench-data`, never on a tmpfs
 //! (`--allow-ram` overrides, for trying the driver out only), and are removed at the end.
 
-use std::error::Error;
 use std::fs;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use annal::{
     CheckpointState, Direction, Durability, ExpectedVersion, Log, NewEvent, Options, Store,
@@ -40,14 +38,14 @@ use annal::{
 };
 use annal_benches::machine;
 use annal_benches::payload::XorShift;
-use annal_benches::report::{Table, ms_since, per_rep, progress, settle, verdict};
+use annal_benches::report::{
+    R, Table, ms_since, per_rep, progress, settle, timed_threads, verdict,
+};
 use annal_benches::stats::{
     fmt_ms, fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us, record,
 };
 use hdrhistogram::Histogram;
 use rusqlite::Connection;
-
-type R<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The stream read by the read workload.
 const HOT_STREAM: &str = "hot-0";
@@ -655,52 +653,6 @@ fn open_section(cfg: &Config, b: &Built, report: &mut Report) -> R<()> {
 // ---------------------------------------------------------------------------------------
 // Durable appends with expected-version checks
 // ---------------------------------------------------------------------------------------
-
-/// Runs `op` on `threads` threads for `secs` seconds, timing every call. The clock runs
-/// from the moment all threads are released until the last one returns.
-fn timed_threads<F>(threads: usize, secs: f64, op: F) -> R<(u64, f64, Histogram<u64>)>
-where
-    F: Fn(usize, u64) -> R<()> + Sync,
-{
-    let stop = AtomicBool::new(false);
-    let barrier = Barrier::new(threads + 1);
-    let (results, elapsed) = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (stop, barrier, op) = (&stop, &barrier, &op);
-                s.spawn(move || -> R<(u64, Histogram<u64>)> {
-                    let mut h = latency_histogram();
-                    let mut n = 0u64;
-                    barrier.wait();
-                    while !stop.load(Ordering::Relaxed) {
-                        let t0 = Instant::now();
-                        op(t, n)?;
-                        record(&mut h, t0.elapsed());
-                        n += 1;
-                    }
-                    Ok((n, h))
-                })
-            })
-            .collect();
-        barrier.wait();
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.store(true, Ordering::Relaxed);
-        let results: Vec<R<(u64, Histogram<u64>)>> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a benchmark thread panicked".into())))
-            .collect();
-        (results, t0.elapsed().as_secs_f64())
-    });
-    let mut hist = latency_histogram();
-    let mut ops = 0;
-    for r in results {
-        let (n, h) = r?;
-        ops += n;
-        hist.add(&h).map_err(|e| format!("merging histograms: {e}"))?;
-    }
-    Ok((ops, elapsed, hist))
-}
 
 /// One system receiving durable appends.
 enum Appender {
