@@ -135,8 +135,10 @@ pub(crate) struct Segment {
 /// verifies the CRC and seq of the record it lands on.
 #[derive(Debug, Default)]
 pub(crate) struct DenseOffsets {
-    /// `offsets[i]`: file offset of the header of record `base + i`.
-    offsets: Vec<u32>,
+    /// `offsets[i]`: file offset of the header of record `base + i`, and the index in
+    /// `batches` of the batch holding it (a direct lookup: a search of `batches` costs a
+    /// cache miss per step on a large segment).
+    offsets: Vec<(u32, u32)>,
     /// `(first seq, timestamp, frame offset)` of every batch walked, in order.
     batches: Vec<(u64, u64, u64)>,
     /// Offset of the next frame to walk.
@@ -579,9 +581,8 @@ impl Inner {
         let Some(seg) = self.segment_for(seq) else { return Ok(None) };
         let i = (seq - seg.base) as usize;
         let known = |d: &DenseOffsets| -> Option<(u64, u64)> {
-            let off = u64::from(*d.offsets.get(i)?);
-            let b = d.batches.partition_point(|&(first, _, _)| first <= seq).checked_sub(1)?;
-            Some((off, d.batches.get(b)?.1))
+            let &(off, b) = d.offsets.get(i)?;
+            Some((u64::from(off), d.batches.get(b as usize)?.1))
         };
         let hit = known(&seg.dense.read().unwrap_or_else(|e| e.into_inner()));
         let hit = match hit {
@@ -631,12 +632,16 @@ impl Inner {
                         d.stuck = true;
                         return;
                     }
-                    let need = u64::from(f.count) * 4 + 24;
+                    let need = u64::from(f.count) * 8 + 24;
                     let spent = self.dense_bytes.fetch_add(need, Ordering::AcqRel);
                     if spent + need > self.opts.point_read_index_bytes {
                         self.dense_bytes.fetch_sub(need, Ordering::AcqRel);
                         return;
                     }
+                    let Ok(batch) = u32::try_from(d.batches.len()) else {
+                        d.stuck = true;
+                        return;
+                    };
                     let mut pos = off + FRAME_HEADER_BYTES as u64;
                     let body_end = pos + u64::from(f.body_bytes);
                     for _ in 0..f.count {
@@ -650,7 +655,7 @@ impl Inner {
                             d.stuck = true;
                             return;
                         }
-                        d.offsets.push(pos as u32);
+                        d.offsets.push((pos as u32, batch));
                         pos = next;
                     }
                     d.batches.push((f.seq, f.timestamp_us, off));

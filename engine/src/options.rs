@@ -44,10 +44,11 @@ pub struct Options {
     pub index_interval_bytes: u64,
     /// When appends return and become visible. Default [`Durability::Sync`].
     pub durability: Durability,
-    /// Memory for the record offsets that make `Log::read(seq)` a direct lookup (4 bytes per
-    /// record, 24 per batch, kept for segments once read). Default 64 MiB, about 16 million
-    /// records; beyond it, point reads walk from the sparse index, which is slower but needs
-    /// no memory. 0 turns the offsets off.
+    /// Memory for the record offsets that make `Log::read(seq)` a direct lookup (8 bytes per
+    /// record, 24 per batch, kept for segments once read). Default 64 MiB, about 8 million
+    /// records in batches of several, 2 million in batches of one; beyond it, point reads
+    /// walk from the sparse index, which is slower but needs no memory. 0 turns the offsets
+    /// off.
     pub point_read_index_bytes: u64,
     /// Reserve each new segment's space up front (`fallocate`) so running out of space shows
     /// up when a segment is created rather than in the middle of appends. Default true.
