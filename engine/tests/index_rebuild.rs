@@ -24,6 +24,9 @@ use annal::format::{IndexEntry, IndexHeader, decode_index, encode_index};
 use annal::fs::{SimFs, Storage};
 use annal::{Log, Options};
 
+mod common;
+use common::Rng;
+
 const DIR: &str = "/store";
 
 fn opts() -> Options {
@@ -37,24 +40,6 @@ fn opts() -> Options {
 
 fn seg_dir() -> PathBuf {
     Path::new(DIR).join("segments")
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
 }
 
 type Files = BTreeMap<PathBuf, Vec<u8>>;

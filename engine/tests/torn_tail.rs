@@ -31,6 +31,9 @@ use annal::format::{DecodeError, FrameKind, decode_frame_header};
 use annal::fs::{SimFs, Storage};
 use annal::{CorruptionKind, Log, Options, TruncatedTail};
 
+mod common;
+use common::Rng;
+
 const SIM_DIR: &str = "/store";
 
 // ---------------------------------------------------------------------------------------------
@@ -149,24 +152,6 @@ fn opts(segment_bytes: u64) -> Options {
         max_record_bytes: 2048,
         index_interval_bytes: 512,
         ..Options::default()
-    }
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
     }
 }
 
