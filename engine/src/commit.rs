@@ -31,6 +31,9 @@ pub(crate) struct WriterState {
     pub write_pos: u64,
     /// Every byte of the active segment before this offset is durable.
     pub synced_pos: u64,
+    /// Every byte of the active segment before this offset has been written at least once
+    /// (records or the zeros of `Options::zero_ahead_bytes`).
+    pub zeroed_to: u64,
     /// The seq the next record gets.
     pub next_seq: u64,
     /// The timestamp of the last frame written: frame times never go back, even when the
@@ -44,6 +47,8 @@ pub(crate) struct WriterState {
     pending: u64,
     /// Where several frames are joined for one write.
     buf: Vec<u8>,
+    /// A chunk of zeros for `zero_ahead` (allocated on first use).
+    zeros: Vec<u8>,
 }
 
 impl WriterState {
@@ -57,12 +62,14 @@ impl WriterState {
             active,
             write_pos,
             synced_pos: write_pos,
+            zeroed_to: write_pos,
             next_seq,
             last_timestamp_us,
             tail_is_close: false,
             frames: Vec::new(),
             pending: 0,
             buf: Vec::new(),
+            zeros: Vec::new(),
         }
     }
 
@@ -374,12 +381,40 @@ impl Inner {
             self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
             ws.write_pos += len;
             ws.tail_is_close = false;
+            if let Err(e) = self.zero_ahead(ws) {
+                let e = self.poison(Error::io("write", &ws.active.path, e));
+                self.discard_unsynced(ws, ws.write_pos);
+                return Err(e);
+            }
             ws.active.readable_end.store(ws.write_pos, Ordering::Release);
             self.committer.written.store(ws.next_seq, Ordering::Release);
         }
         if sync && ws.synced_pos < ws.write_pos {
             self.sync_active(ws)?;
         }
+        Ok(())
+    }
+
+    /// Once the writer has passed the zeroed range, zeros the next `zero_ahead_bytes` of the
+    /// segment after `write_pos` (never a byte before it: records are never overwritten).
+    /// The zeros become durable with the group's own fsync.
+    fn zero_ahead(&self, ws: &mut WriterState) -> std::io::Result<()> {
+        let chunk = self.opts.zero_ahead_bytes;
+        if chunk == 0 || !self.opts.preallocate || ws.write_pos <= ws.zeroed_to {
+            return Ok(());
+        }
+        let from = ws.write_pos;
+        let to = (from + chunk).min(self.opts.segment_bytes);
+        if to <= from {
+            return Ok(());
+        }
+        let n = (to - from) as usize;
+        if ws.zeros.len() < n {
+            ws.zeros = vec![0; n];
+        }
+        ws.active.file.write_all_at(&ws.zeros[..n], from)?;
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        ws.zeroed_to = to;
         Ok(())
     }
 
@@ -491,6 +526,7 @@ impl Inner {
         ws.active = seg;
         ws.write_pos = SEGMENT_HEADER_BYTES as u64;
         ws.synced_pos = ws.write_pos;
+        ws.zeroed_to = ws.write_pos;
         self.stats.rolls.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
