@@ -1,0 +1,495 @@
+//! The repository: load (snapshot + tail), execute (load, handle, append with the expected
+//! version, retry on conflict), and background snapshots.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::codec::Codec;
+use super::upcast::{Upcasters, versioned_event_type};
+use super::{Aggregate, JsonCodec};
+use crate::error::{Error, Result};
+use crate::format::SnapshotFile;
+use crate::snapshot::{SetAside, SnapshotDamage, SnapshotRead, SnapshotStore};
+use crate::streams::{Direction, ExpectedVersion, NewEvent, RecordedEvent, Store};
+
+/// Options of a [`Repository`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryOptions {
+    /// How many times `execute` reloads and retries after a concurrent writer appended to
+    /// the same aggregate first (default 32). Between attempts it sleeps a short random
+    /// time that grows with the attempt (at most about 2 ms), so contending writers spread.
+    pub max_retries: u32,
+    /// Take a snapshot once at least this many events were folded since the snapshot the
+    /// aggregate was loaded from (default `Some(100)`); `None` takes none (except when the
+    /// aggregate asks), and `load` still uses existing ones.
+    pub snapshot_every: Option<u64>,
+    /// Snapshot requests waiting for the background writer (default 256). When it is full,
+    /// a new request is dropped: a missed snapshot costs only replay time.
+    pub snapshot_queue: usize,
+}
+
+impl Default for RepositoryOptions {
+    fn default() -> Self {
+        RepositoryOptions { max_retries: 32, snapshot_every: Some(100), snapshot_queue: 256 }
+    }
+}
+
+/// What `load` did with the aggregate's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotUse {
+    /// There was none; the stream was replayed from its start.
+    None,
+    /// It was used: the state came from it plus the events after `version`.
+    Used {
+        /// The snapshot's stream version.
+        version: u64,
+    },
+    /// It was rejected and set aside; the stream was replayed from its start.
+    Rejected(SetAside),
+}
+
+/// An aggregate as loaded.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// Its state: equal to the fold of all its events.
+    pub state: A,
+    /// Its stream version (of its last event), `None` if it has no events.
+    pub version: Option<u64>,
+    /// Events read and applied from the log (those after the snapshot, or all).
+    pub replayed: u64,
+    /// What happened to its snapshot.
+    pub snapshot: SnapshotUse,
+}
+
+/// The result of a successful `execute`.
+#[derive(Debug, Clone)]
+pub struct Executed<A: Aggregate> {
+    /// The events the command caused and the store appended (possibly none).
+    pub events: Vec<A::Event>,
+    /// The aggregate's stream version after them, `None` if it still has no events.
+    pub version: Option<u64>,
+    /// The aggregate's state after them.
+    pub state: A,
+    /// Attempts made: 1 unless a concurrent writer forced a retry.
+    pub attempts: u32,
+}
+
+/// Why `execute` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecuteError<E: std::error::Error + 'static> {
+    /// The aggregate rejected the command; nothing was written.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// Every attempt lost the race to a concurrent writer; nothing was written.
+    #[error("stream {stream:?}: gave up after {attempts} conflicting attempts")]
+    TooManyConflicts {
+        /// The aggregate's stream.
+        stream: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The store failed (see [`Error`]); the events were not written unless the error says
+    /// the append's durability is unknown.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+enum Job {
+    Write(Box<dyn FnOnce() + Send>),
+    Flush(crossbeam_channel::Sender<()>),
+}
+
+struct Inner<A: Aggregate, C> {
+    store: Store,
+    codec: Arc<C>,
+    upcasters: Upcasters,
+    opts: RepositoryOptions,
+    snapshots: Arc<SnapshotStore>,
+    jobs: crossbeam_channel::Sender<Job>,
+    /// Stream -> version of the last snapshot requested, so a snapshot still in the queue is
+    /// not asked for again.
+    requested: Mutex<HashMap<String, u64>>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+/// Loads and executes aggregates of type `A` over a [`Store`], with snapshots.
+///
+/// A cheap handle: clone it to share it between threads; every method is thread-safe. A
+/// background thread ("annal-snapshot") writes snapshots; it ends when the last handle is
+/// dropped, after writing what was queued.
+pub struct Repository<A: Aggregate, C: Codec<A> = JsonCodec> {
+    inner: Arc<Inner<A, C>>,
+}
+
+impl<A: Aggregate, C: Codec<A>> Clone for Repository<A, C> {
+    fn clone(&self) -> Self {
+        Repository { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<A: Aggregate, C: Codec<A>> std::fmt::Debug for Repository<A, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("category", &A::CATEGORY)
+            .field("opts", &self.inner.opts)
+            .field("upcasters", &self.inner.upcasters)
+            .finish()
+    }
+}
+
+impl<A: Aggregate> Repository<A, JsonCodec>
+where
+    JsonCodec: Codec<A>,
+{
+    /// A repository over `store` with the JSON codec and no upcasters.
+    pub fn new(store: Store, opts: RepositoryOptions) -> Result<Self> {
+        Repository::with_codec(store, JsonCodec, Upcasters::new(), opts)
+    }
+}
+
+impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
+    /// A repository over `store` with `codec` and `upcasters`. Fails if `A::CATEGORY` is
+    /// empty or holds `-`, or `A::SNAPSHOT_SCHEMA` is empty or too long.
+    pub fn with_codec(
+        store: Store,
+        codec: C,
+        upcasters: Upcasters,
+        opts: RepositoryOptions,
+    ) -> Result<Self> {
+        if A::CATEGORY.is_empty() || A::CATEGORY.contains('-') {
+            return Err(Error::InvalidOptions(format!(
+                "aggregate category {:?} must be non-empty and free of '-'",
+                A::CATEGORY
+            )));
+        }
+        if A::SNAPSHOT_SCHEMA.is_empty()
+            || A::SNAPSHOT_SCHEMA.len() > crate::limits::SNAPSHOT_SCHEMA_BYTES_MAX
+        {
+            return Err(Error::InvalidOptions("snapshot schema tag length".into()));
+        }
+        if opts.snapshot_every == Some(0) {
+            return Err(Error::InvalidOptions("snapshot_every must be at least 1".into()));
+        }
+        let snapshots = Arc::new(SnapshotStore::for_store(&store));
+        let (jobs, queue) = crossbeam_channel::bounded(opts.snapshot_queue.max(1));
+        std::thread::Builder::new()
+            .name("annal-snapshot".into())
+            .spawn(move || {
+                for job in queue {
+                    match job {
+                        Job::Write(write) => write(),
+                        Job::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io("start snapshot thread", store.log().dir(), e))?;
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                store,
+                codec: Arc::new(codec),
+                upcasters,
+                opts,
+                snapshots,
+                jobs,
+                requested: Mutex::new(HashMap::new()),
+                _aggregate: PhantomData,
+            }),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The snapshot store (for its counters and set-aside files).
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.inner.snapshots
+    }
+
+    /// The stream of aggregate `id`: `<A::CATEGORY>-<id>`.
+    pub fn stream_id(&self, id: &str) -> String {
+        format!("{}-{id}", A::CATEGORY)
+    }
+
+    /// Decodes one recorded event of this aggregate: upcast to the current schema version,
+    /// then the codec.
+    pub fn decode_event(&self, event: &RecordedEvent) -> Result<A::Event> {
+        let up = self.inner.upcasters.upcast(&event.event_type, &event.data)?;
+        let current = A::schema_version(&up.event_type);
+        if up.version != current {
+            return Err(Error::Codec {
+                reason: format!(
+                    "event {} (seq {}) is {} v{} after upcasting, the aggregate reads v{current}",
+                    event.event_id, event.seq, up.event_type, up.version
+                ),
+            });
+        }
+        self.inner.codec.decode_event(&up.event_type, &up.data)
+    }
+
+    /// Loads aggregate `id` by replaying its whole stream, ignoring snapshots: the reference
+    /// a snapshot-based load must equal.
+    pub fn replay(&self, id: &str) -> Result<Loaded<A>> {
+        let stream = self.stream_id(id);
+        let (state, version, replayed) = self.fold(&stream, A::default(), 0, None)?;
+        Ok(Loaded { state, version, replayed, snapshot: SnapshotUse::None })
+    }
+
+    /// Loads aggregate `id`: its latest valid snapshot and the events after it. A snapshot
+    /// that fails any check of format-spec.md §13 is set aside and reported in
+    /// [`Loaded::snapshot`], and the state comes from a full replay. Either way the state
+    /// equals [`Repository::replay`]'s.
+    pub fn load(&self, id: &str) -> Result<Loaded<A>> {
+        let stream = self.stream_id(id);
+        self.load_stream(&stream)
+    }
+
+    fn load_stream(&self, stream: &str) -> Result<Loaded<A>> {
+        let rejected = match self.inner.snapshots.read(stream) {
+            SnapshotRead::Missing => None,
+            SnapshotRead::Damaged { damage, bytes } => Some((damage, bytes)),
+            SnapshotRead::Found { file, bytes } => match self.load_from_snapshot(stream, &file)? {
+                Ok(loaded) => return Ok(loaded),
+                Err(damage) => Some((damage, bytes)),
+            },
+        };
+        let (state, version, replayed) = self.fold(stream, A::default(), 0, None)?;
+        let snapshot = match rejected {
+            None => SnapshotUse::None,
+            Some((damage, bytes)) => {
+                SnapshotUse::Rejected(self.inner.snapshots.set_aside(stream, damage, &bytes))
+            }
+        };
+        Ok(Loaded { state, version, replayed, snapshot })
+    }
+
+    /// Loads from a snapshot that passed the file's checks, or says why it cannot be used.
+    fn load_from_snapshot(
+        &self,
+        stream: &str,
+        file: &SnapshotFile,
+    ) -> Result<std::result::Result<Loaded<A>, SnapshotDamage>> {
+        if file.schema != A::SNAPSHOT_SCHEMA {
+            return Ok(Err(SnapshotDamage::WrongSchema { found: file.schema.clone() }));
+        }
+        let state = match self.inner.codec.decode_state(&file.payload) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(SnapshotDamage::BadState { reason: e.to_string() })),
+        };
+        let anchor = (file.stream_version, file.seq, Uuid::from_bytes(file.event_id));
+        let (state, version, replayed) =
+            match self.fold(stream, state, file.stream_version, Some(anchor)) {
+                Ok(folded) => folded,
+                Err(FoldError::Anchor) => {
+                    let stream_version = self.inner.store.stream_version(stream);
+                    let damage = if stream_version.is_none_or(|v| v < file.stream_version) {
+                        SnapshotDamage::AheadOfLog {
+                            snapshot_version: file.stream_version,
+                            stream_version,
+                        }
+                    } else {
+                        SnapshotDamage::NotInLog { snapshot_version: file.stream_version }
+                    };
+                    return Ok(Err(damage));
+                }
+                Err(FoldError::Store(e)) => return Err(e),
+            };
+        let snapshot = SnapshotUse::Used { version: file.stream_version };
+        Ok(Ok(Loaded { state, version, replayed, snapshot }))
+    }
+
+    /// Applies the events of `stream` from version `from` on to `state`. With an `anchor`
+    /// (version, seq, event id), the event at `from` must be that one and is skipped (the
+    /// state already holds it). Returns the state, version and number of events applied.
+    fn fold(
+        &self,
+        stream: &str,
+        mut state: A,
+        from: u64,
+        anchor: Option<(u64, u64, Uuid)>,
+    ) -> std::result::Result<(A, Option<u64>, u64), FoldError> {
+        let events = self.inner.store.read_stream(stream, from, Direction::Forward, usize::MAX)?;
+        let mut iter = events.iter();
+        let mut version = None;
+        if let Some((v, seq, event_id)) = anchor {
+            match iter.next() {
+                Some(e) if e.version == v && e.seq == seq && e.event_id == event_id => {
+                    version = Some(e.version);
+                }
+                _ => return Err(FoldError::Anchor),
+            }
+        }
+        let mut replayed = 0;
+        for e in iter {
+            let event = self.decode_event(e)?;
+            state.apply(&event);
+            replayed += 1;
+            version = Some(e.version);
+        }
+        Ok((state, version, replayed))
+    }
+
+    /// Executes `cmd` on aggregate `id`: loads it, runs `handle`, and appends the events with
+    /// `ExpectedVersion::Exact` of the loaded version (`NoStream` for a new aggregate). If a
+    /// concurrent writer appended first, reloads and retries, up to `max_retries` times, so
+    /// no update is ever lost. Returns once the events are as durable as the store's policy
+    /// promises; a snapshot, when due, is written afterwards by the background thread.
+    pub fn execute(
+        &self,
+        id: &str,
+        cmd: &A::Command,
+    ) -> std::result::Result<Executed<A>, ExecuteError<A::Error>> {
+        let stream = self.stream_id(id);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let loaded = self.load_stream(&stream)?;
+            let events = loaded.state.handle(cmd).map_err(ExecuteError::Rejected)?;
+            if events.is_empty() {
+                let Loaded { state, version, .. } = loaded;
+                return Ok(Executed { events, version, state, attempts });
+            }
+            let mut new_events = Vec::with_capacity(events.len());
+            let mut ids = Vec::with_capacity(events.len());
+            for e in &events {
+                let enc = self.inner.codec.encode_event(e)?;
+                let version = A::schema_version(&enc.event_type);
+                let event_type = versioned_event_type(&enc.event_type, version)?;
+                let id = Uuid::now_v7();
+                ids.push(id);
+                new_events.push(NewEvent::new(event_type, enc.data).with_id(id));
+            }
+            let expected = match loaded.version {
+                Some(v) => ExpectedVersion::Exact(v),
+                None => ExpectedVersion::NoStream,
+            };
+            match self.inner.store.append(&stream, expected, &new_events) {
+                Ok(appended) => {
+                    let mut state = loaded.state;
+                    for e in &events {
+                        state.apply(e);
+                    }
+                    let version = appended.next_expected_version();
+                    let last_id = ids.last().copied().unwrap_or_else(Uuid::nil);
+                    let since = match &loaded.snapshot {
+                        SnapshotUse::Used { version } => Some(*version),
+                        _ => None,
+                    };
+                    let wants = state.wants_snapshot(&events);
+                    self.maybe_snapshot(
+                        &stream,
+                        &state,
+                        since,
+                        version,
+                        appended.last_seq(),
+                        last_id,
+                        wants,
+                    );
+                    return Ok(Executed { events, version: Some(version), state, attempts });
+                }
+                Err(Error::WrongExpectedVersion { .. })
+                    if attempts <= self.inner.opts.max_retries =>
+                {
+                    backoff(attempts);
+                }
+                Err(Error::WrongExpectedVersion { .. }) => {
+                    return Err(ExecuteError::TooManyConflicts { stream, attempts });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Queues a snapshot of `state` at `version` if the policy says one is due.
+    #[allow(clippy::too_many_arguments)]
+    fn maybe_snapshot(
+        &self,
+        stream: &str,
+        state: &A,
+        snapshot_version: Option<u64>,
+        version: u64,
+        seq: u64,
+        event_id: Uuid,
+        asked: bool,
+    ) {
+        let inner = &self.inner;
+        {
+            let mut requested = inner.requested.lock().unwrap_or_else(|e| e.into_inner());
+            let base = requested.get(stream).copied().max(snapshot_version);
+            // Events folded since the newest snapshot written or queued.
+            let since = base.map_or(version + 1, |b| version.saturating_sub(b));
+            let due = inner.opts.snapshot_every.is_some_and(|n| since >= n);
+            if !(due || asked) || since == 0 {
+                return;
+            }
+            if requested.len() >= 100_000 {
+                requested.clear();
+            }
+            requested.insert(stream.to_owned(), version);
+        }
+        let state = state.clone();
+        let codec = Arc::clone(&inner.codec);
+        let snapshots = Arc::clone(&inner.snapshots);
+        let stream = stream.to_owned();
+        let write = move || {
+            let Ok(payload) = codec.encode_state(&state) else { return };
+            let file = SnapshotFile {
+                log_id: snapshots.log_id(),
+                stream_id: stream,
+                stream_version: version,
+                seq,
+                event_id: *event_id.as_bytes(),
+                schema: A::SNAPSHOT_SCHEMA.to_owned(),
+                payload,
+            };
+            // A failed write costs only replay time; the store counts it.
+            let _ = snapshots.write(&file);
+        };
+        let _ = inner.jobs.try_send(Job::Write(Box::new(write)));
+    }
+
+    /// Waits until every snapshot queued so far is written (or failed).
+    pub fn flush_snapshots(&self) {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        if self.inner.jobs.send(Job::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+/// Why a fold stopped.
+enum FoldError {
+    /// The event at the snapshot's version is not the one it folded (or is missing).
+    Anchor,
+    /// The store failed or an event did not decode.
+    Store(Error),
+}
+
+impl From<Error> for FoldError {
+    fn from(e: Error) -> Self {
+        FoldError::Store(e)
+    }
+}
+
+impl From<FoldError> for Error {
+    fn from(e: FoldError) -> Self {
+        match e {
+            FoldError::Store(e) => e,
+            FoldError::Anchor => Error::Codec { reason: "snapshot anchor mismatch".into() },
+        }
+    }
+}
+
+/// A short random sleep before retry `attempt` (1-based), growing with it, capped near 2 ms.
+fn backoff(attempt: u32) {
+    let cap_us = (50u64 << attempt.min(6)).min(2_000);
+    std::thread::sleep(Duration::from_micros(fastrand::u64(0..=cap_us)));
+}
