@@ -1,10 +1,10 @@
 //! Snapshot + tail equals a full replay, always: random command sequences on a few accounts,
 //! interleaved with snapshot damage (bit flips, truncation, zeros, another account's file,
-//! a snapshot relabelled to another version, ahead of the log or inside it), power loss in every crash mode, and crashes in the middle
-//! of a snapshot write (a failed fsync of the log or of the snapshot, then power loss), on
-//! the simulated file system. After every step each account's `load` equals its `replay`
-//! and never fails; under `Durability::Sync` both also equal a model of the acknowledged
-//! commands.
+//! a snapshot relabelled to another version, ahead of the log or inside it), power loss in
+//! every crash mode, and crashes in the middle of a snapshot write (a failed fsync of the log
+//! or of the snapshot, then power loss), on the simulated file system. After every step each
+//! account's `load` equals its `replay` and never fails; under `Durability::Sync` both also
+//! equal a model of the acknowledged commands.
 //!
 //! Cases: `ANNAL_SNAPSHOT_CASES` (default 256).
 

@@ -182,7 +182,8 @@ proptest! {
         prop_assert!(!na.contains('/') && !na.contains('\0') && !na.starts_with('.'));
         for v in variants {
             if v != a {
-                let nv = snaps.path_for(&v).file_name().unwrap().to_str().unwrap().to_ascii_lowercase();
+                let pv = snaps.path_for(&v);
+                let nv = pv.file_name().unwrap().to_str().unwrap().to_ascii_lowercase();
                 prop_assert_ne!(&na, &nv, "{:?} vs {:?}", a, v);
             }
         }
