@@ -114,6 +114,11 @@ impl World {
                 for e in &done.events {
                     self.model[acct].apply(e);
                 }
+                // The state execute decided on (from its cache, a snapshot or a replay) is
+                // the fold of the stream.
+                let replayed = self.repo.replay(&acct.to_string()).unwrap();
+                assert_eq!(done.state, replayed.state, "execute's state");
+                assert_eq!(done.version, replayed.version);
                 true
             }
             Err(annal::ExecuteError::Rejected(_)) => true,

@@ -30,11 +30,22 @@ pub struct RepositoryOptions {
     /// Snapshot requests waiting for the background writer (default 256). When it is full,
     /// a new request is dropped: a missed snapshot costs only replay time.
     pub snapshot_queue: usize,
+    /// Aggregates whose latest state `execute` keeps in memory (default 10 000; 0 keeps
+    /// none). A kept state is used only after checking that the stream's event at its
+    /// version is still the one it folded (seq and event id), then the events after it are
+    /// applied, so it saves reading the snapshot and the tail without ever going stale.
+    /// `load` never uses it.
+    pub cache_capacity: usize,
 }
 
 impl Default for RepositoryOptions {
     fn default() -> Self {
-        RepositoryOptions { max_retries: 32, snapshot_every: Some(100), snapshot_queue: 256 }
+        RepositoryOptions {
+            max_retries: 32,
+            snapshot_every: Some(100),
+            snapshot_queue: 256,
+            cache_capacity: 10_000,
+        }
     }
 }
 
@@ -114,6 +125,8 @@ struct Inner<A: Aggregate, C> {
     /// Stream -> version of the last snapshot requested, so a snapshot still in the queue is
     /// not asked for again.
     requested: Mutex<HashMap<String, u64>>,
+    /// Stream -> the latest state `execute` saw (see `RepositoryOptions::cache_capacity`).
+    cache: Mutex<HashMap<String, Current<A>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -199,6 +212,7 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
                 snapshots,
                 jobs,
                 requested: Mutex::new(HashMap::new()),
+                cache: Mutex::new(HashMap::new()),
                 _aggregate: PhantomData,
             }),
         })
@@ -239,8 +253,9 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
     /// a snapshot-based load must equal.
     pub fn replay(&self, id: &str) -> Result<Loaded<A>> {
         let stream = self.stream_id(id);
-        let (state, version, replayed) = self.fold(&stream, A::default(), 0, None)?;
-        Ok(Loaded { state, version, replayed, snapshot: SnapshotUse::None })
+        let f = self.fold(&stream, A::default(), 0, None)?;
+        let version = f.last.map(|l| l.0);
+        Ok(Loaded { state: f.state, version, replayed: f.replayed, snapshot: SnapshotUse::None })
     }
 
     /// Loads aggregate `id`: its latest valid snapshot and the events after it. A snapshot
@@ -253,6 +268,11 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
     }
 
     fn load_stream(&self, stream: &str) -> Result<Loaded<A>> {
+        Ok(self.load_with_last(stream)?.0)
+    }
+
+    /// Loads `stream`, also returning (version, seq, id) of its last event.
+    fn load_with_last(&self, stream: &str) -> Result<(Loaded<A>, Option<Anchor>)> {
         let rejected = match self.inner.snapshots.read(stream) {
             SnapshotRead::Missing => None,
             SnapshotRead::Damaged { damage, bytes } => Some((damage, bytes)),
@@ -261,14 +281,15 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
                 Err(damage) => Some((damage, bytes)),
             },
         };
-        let (state, version, replayed) = self.fold(stream, A::default(), 0, None)?;
+        let f = self.fold(stream, A::default(), 0, None)?;
         let snapshot = match rejected {
             None => SnapshotUse::None,
             Some((damage, bytes)) => {
                 SnapshotUse::Rejected(self.inner.snapshots.set_aside(stream, damage, &bytes))
             }
         };
-        Ok(Loaded { state, version, replayed, snapshot })
+        let version = f.last.map(|l| l.0);
+        Ok((Loaded { state: f.state, version, replayed: f.replayed, snapshot }, f.last))
     }
 
     /// Loads from a snapshot that passed the file's checks, or says why it cannot be used.
@@ -276,7 +297,7 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
         &self,
         stream: &str,
         file: &SnapshotFile,
-    ) -> Result<std::result::Result<Loaded<A>, SnapshotDamage>> {
+    ) -> Result<std::result::Result<LoadedWithLast<A>, SnapshotDamage>> {
         if file.schema != A::SNAPSHOT_SCHEMA {
             return Ok(Err(SnapshotDamage::WrongSchema { found: file.schema.clone() }));
         }
@@ -285,25 +306,25 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
             Err(e) => return Ok(Err(SnapshotDamage::BadState { reason: e.to_string() })),
         };
         let anchor = (file.stream_version, file.seq, Uuid::from_bytes(file.event_id));
-        let (state, version, replayed) =
-            match self.fold(stream, state, file.stream_version, Some(anchor)) {
-                Ok(folded) => folded,
-                Err(FoldError::Anchor) => {
-                    let stream_version = self.inner.store.stream_version(stream);
-                    let damage = if stream_version.is_none_or(|v| v < file.stream_version) {
-                        SnapshotDamage::AheadOfLog {
-                            snapshot_version: file.stream_version,
-                            stream_version,
-                        }
-                    } else {
-                        SnapshotDamage::NotInLog { snapshot_version: file.stream_version }
-                    };
-                    return Ok(Err(damage));
-                }
-                Err(FoldError::Store(e)) => return Err(e),
-            };
+        let f = match self.fold(stream, state, file.stream_version, Some(anchor)) {
+            Ok(folded) => folded,
+            Err(FoldError::Anchor) => {
+                let stream_version = self.inner.store.stream_version(stream);
+                let damage = if stream_version.is_none_or(|v| v < file.stream_version) {
+                    SnapshotDamage::AheadOfLog {
+                        snapshot_version: file.stream_version,
+                        stream_version,
+                    }
+                } else {
+                    SnapshotDamage::NotInLog { snapshot_version: file.stream_version }
+                };
+                return Ok(Err(damage));
+            }
+            Err(FoldError::Store(e)) => return Err(e),
+        };
         let snapshot = SnapshotUse::Used { version: file.stream_version };
-        Ok(Ok(Loaded { state, version, replayed, snapshot }))
+        let version = f.last.map(|l| l.0);
+        Ok(Ok((Loaded { state: f.state, version, replayed: f.replayed, snapshot }, f.last)))
     }
 
     /// Applies the events of `stream` from version `from` on to `state`. With an `anchor`
@@ -315,14 +336,14 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
         mut state: A,
         from: u64,
         anchor: Option<(u64, u64, Uuid)>,
-    ) -> std::result::Result<(A, Option<u64>, u64), FoldError> {
+    ) -> std::result::Result<Folded<A>, FoldError> {
         let events = self.inner.store.read_stream(stream, from, Direction::Forward, usize::MAX)?;
         let mut iter = events.iter();
-        let mut version = None;
+        let mut last = None;
         if let Some((v, seq, event_id)) = anchor {
             match iter.next() {
                 Some(e) if e.version == v && e.seq == seq && e.event_id == event_id => {
-                    version = Some(e.version);
+                    last = Some(e);
                 }
                 _ => return Err(FoldError::Anchor),
             }
@@ -332,9 +353,57 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
             let event = self.decode_event(e)?;
             state.apply(&event);
             replayed += 1;
-            version = Some(e.version);
+            last = Some(e);
         }
-        Ok((state, version, replayed))
+        let last = last.map(|e| (e.version, e.seq, e.event_id));
+        Ok(Folded { state, replayed, last })
+    }
+
+    /// The latest state of `stream` for `execute`: from the cache when it holds the stream
+    /// (checked and brought up to date by `fold`), else a full `load`.
+    fn current(&self, stream: &str) -> Result<Current<A>> {
+        let inner = &self.inner;
+        if inner.opts.cache_capacity > 0 {
+            let cached = inner.cache.lock().unwrap_or_else(|e| e.into_inner()).get(stream).cloned();
+            if let Some(c) = cached {
+                match self.fold(stream, c.state, c.last.0, Some(c.last)) {
+                    Ok(f) => {
+                        let last = f.last.unwrap_or(c.last);
+                        return Ok(Current { state: f.state, last, snap_base: c.snap_base });
+                    }
+                    Err(FoldError::Anchor) => {
+                        inner.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(stream);
+                    }
+                    Err(FoldError::Store(e)) => return Err(e),
+                }
+            }
+        }
+        let (loaded, last) = self.load_with_last(stream)?;
+        let snap_base = match loaded.snapshot {
+            SnapshotUse::Used { version } => Some(version),
+            _ => None,
+        };
+        Ok(Current { state: loaded.state, last: last.unwrap_or(NO_EVENT), snap_base })
+    }
+
+    /// Remembers `cur` as the latest state of `stream`.
+    fn remember(&self, stream: &str, cur: Current<A>) {
+        let inner = &self.inner;
+        if inner.opts.cache_capacity == 0 || cur.last == NO_EVENT {
+            return;
+        }
+        let mut cache = inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= inner.opts.cache_capacity && !cache.contains_key(stream) {
+            // Crude but bounded: forget everything; the next command of each reloads.
+            cache.clear();
+        }
+        match cache.get(stream) {
+            // Keep the newer of two states (concurrent commands finish in any order).
+            Some(old) if old.last.0 >= cur.last.0 => {}
+            _ => {
+                cache.insert(stream.to_owned(), cur);
+            }
+        }
     }
 
     /// Executes `cmd` on aggregate `id`: loads it, runs `handle`, and appends the events with
@@ -351,11 +420,13 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let loaded = self.load_stream(&stream)?;
-            let events = loaded.state.handle(cmd).map_err(ExecuteError::Rejected)?;
+            let cur = self.current(&stream)?;
+            let loaded_version = (cur.last.0 != NO_EVENT.0).then_some(cur.last.0);
+            let events = cur.state.handle(cmd).map_err(ExecuteError::Rejected)?;
             if events.is_empty() {
-                let Loaded { state, version, .. } = loaded;
-                return Ok(Executed { events, version, state, attempts });
+                let state = cur.state.clone();
+                self.remember(&stream, cur);
+                return Ok(Executed { events, version: loaded_version, state, attempts });
             }
             let mut new_events = Vec::with_capacity(events.len());
             let mut ids = Vec::with_capacity(events.len());
@@ -367,32 +438,23 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
                 ids.push(id);
                 new_events.push(NewEvent::new(event_type, enc.data).with_id(id));
             }
-            let expected = match loaded.version {
+            let expected = match loaded_version {
                 Some(v) => ExpectedVersion::Exact(v),
                 None => ExpectedVersion::NoStream,
             };
             match self.inner.store.append(&stream, expected, &new_events) {
                 Ok(appended) => {
-                    let mut state = loaded.state;
+                    let mut state = cur.state;
                     for e in &events {
                         state.apply(e);
                     }
                     let version = appended.next_expected_version();
                     let last_id = ids.last().copied().unwrap_or_else(Uuid::nil);
-                    let since = match &loaded.snapshot {
-                        SnapshotUse::Used { version } => Some(*version),
-                        _ => None,
-                    };
                     let wants = state.wants_snapshot(&events);
-                    self.maybe_snapshot(
-                        &stream,
-                        &state,
-                        since,
-                        version,
-                        appended.last_seq(),
-                        last_id,
-                        wants,
-                    );
+                    let last = (version, appended.last_seq(), last_id);
+                    let snap_base =
+                        self.maybe_snapshot(&stream, &state, cur.snap_base, last, wants);
+                    self.remember(&stream, Current { state: state.clone(), last, snap_base });
                     return Ok(Executed { events, version: Some(version), state, attempts });
                 }
                 Err(Error::WrongExpectedVersion { .. })
@@ -408,19 +470,19 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
         }
     }
 
-    /// Queues a snapshot of `state` at `version` if the policy says one is due.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues a snapshot of `state`, whose last event is `last` (version, seq, id), if the
+    /// policy says one is due. Returns the version of the newest snapshot known written or
+    /// queued.
     fn maybe_snapshot(
         &self,
         stream: &str,
         state: &A,
         snapshot_version: Option<u64>,
-        version: u64,
-        seq: u64,
-        event_id: Uuid,
+        last: (u64, u64, Uuid),
         asked: bool,
-    ) {
+    ) -> Option<u64> {
         let inner = &self.inner;
+        let (version, seq, event_id) = last;
         {
             let mut requested = inner.requested.lock().unwrap_or_else(|e| e.into_inner());
             let base = requested.get(stream).copied().max(snapshot_version);
@@ -428,7 +490,7 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
             let since = base.map_or(version + 1, |b| version.saturating_sub(b));
             let due = inner.opts.snapshot_every.is_some_and(|n| since >= n);
             if !(due || asked) || since == 0 {
-                return;
+                return base;
             }
             if requested.len() >= 100_000 {
                 requested.clear();
@@ -454,6 +516,7 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
             let _ = snapshots.write(&file);
         };
         let _ = inner.jobs.try_send(Job::Write(Box::new(write)));
+        Some(version)
     }
 
     /// Waits until every snapshot queued so far is written (or failed).
@@ -464,6 +527,32 @@ impl<A: Aggregate, C: Codec<A>> Repository<A, C> {
         }
     }
 }
+
+/// What `fold` made: the state, the events it applied, and (version, seq, id) of the
+/// stream's last event (`None` if it has none).
+struct Folded<A> {
+    state: A,
+    replayed: u64,
+    last: Option<(u64, u64, Uuid)>,
+}
+
+/// The latest state of a stream as `execute` keeps it: `last` is (version, seq, id) of its
+/// last event, or `NO_EVENT`; `snap_base` the version of the newest snapshot known.
+#[derive(Clone)]
+struct Current<A> {
+    state: A,
+    last: (u64, u64, Uuid),
+    snap_base: Option<u64>,
+}
+
+/// (version, seq, event id) of an event: what a snapshot or cached state was folded up to.
+type Anchor = (u64, u64, Uuid);
+
+/// A load and the anchor of its last event.
+type LoadedWithLast<A> = (Loaded<A>, Option<Anchor>);
+
+/// `Current::last` of a stream without events.
+const NO_EVENT: (u64, u64, Uuid) = (u64::MAX, u64::MAX, Uuid::nil());
 
 /// Why a fold stopped.
 enum FoldError {
