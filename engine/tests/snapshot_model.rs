@@ -73,6 +73,9 @@ struct World {
     storage: Arc<dyn Storage>,
     durability: Durability,
     every: u64,
+    /// `RepositoryOptions::cache_capacity`: 0 (every execute loads), 1 (constant eviction
+    /// with three accounts) or the default.
+    cache: usize,
     repo: Repository<Account>,
     /// The state of the acknowledged commands, per account (checked under `Sync`).
     model: Vec<Account>,
@@ -83,7 +86,7 @@ struct World {
 }
 
 impl World {
-    fn open(sim: &SimFs, durability: Durability, every: u64) -> Repository<Account> {
+    fn open(sim: &SimFs, durability: Durability, every: u64, cache: usize) -> Repository<Account> {
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
         let opts = StoreOptions {
             log: Options {
@@ -95,7 +98,11 @@ impl World {
             ..StoreOptions::default()
         };
         let store = Store::open_with(storage, "/s", opts).expect("reopen after a crash");
-        let o = RepositoryOptions { snapshot_every: Some(every), ..RepositoryOptions::default() };
+        let o = RepositoryOptions {
+            snapshot_every: Some(every),
+            cache_capacity: cache,
+            ..RepositoryOptions::default()
+        };
         Repository::new(store, o).unwrap()
     }
 
@@ -103,7 +110,7 @@ impl World {
         self.repo.flush_snapshots();
         self.sim.crash_with(mode);
         self.sim.clear_faults();
-        self.repo = World::open(&self.sim, self.durability, self.every);
+        self.repo = World::open(&self.sim, self.durability, self.every, self.cache);
     }
 
     fn exec(&mut self, acct: usize, cmd: &Cmd) -> bool {
@@ -188,11 +195,22 @@ impl World {
 /// Runs `ops`; returns (loads from a snapshot, snapshots rejected, commands failed).
 fn run(seed: u64, durability: Durability, every: u64, ops: Vec<Op>) -> (u64, u64, u64) {
     let sim = SimFs::new(seed);
-    let repo = World::open(&sim, durability, every);
+    let cache = [0, 1, 10_000][(seed % 3) as usize];
+    let repo = World::open(&sim, durability, every, cache);
     let storage: Arc<dyn Storage> = Arc::new(sim.clone());
     let model = vec![Account::default(); ACCOUNTS];
-    let mut w =
-        World { sim, storage, durability, every, repo, model, used: 0, rejected: 0, failed: 0 };
+    let mut w = World {
+        sim,
+        storage,
+        durability,
+        every,
+        cache,
+        repo,
+        model,
+        used: 0,
+        rejected: 0,
+        failed: 0,
+    };
     let _ = &w.storage;
     for op in ops {
         match op {
@@ -278,7 +296,8 @@ fn long_fixed_run() {
             [CrashMode::Random, CrashMode::KeepAll, CrashMode::DropAll][round as usize % 3],
         ));
     }
-    for (seed, durability, every) in [(1, Durability::Sync, 3), (2, Durability::None, 2)] {
+    let runs = [(0, Durability::Sync, 3), (1, Durability::None, 2), (2, Durability::Sync, 4)];
+    for (seed, durability, every) in runs {
         let (used, rejected, failed) = run(seed, durability, every, ops.clone());
         println!(
             "{durability:?}: {used} loads from snapshots, {rejected} rejected, {failed} failed"
