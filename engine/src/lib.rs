@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod aggregate;
 mod error;
 pub mod format;
 pub mod fs;
@@ -19,11 +20,17 @@ mod index;
 mod log;
 mod options;
 mod segment;
+mod snapshot;
 mod stats;
 mod streams;
 
+pub use aggregate::{
+    Aggregate, Codec, EncodedEvent, ExecuteError, Executed, JsonCodec, Loaded, Repository,
+    RepositoryOptions, SnapshotUse, Upcast, Upcasters, split_event_type, versioned_event_type,
+};
 pub use log::{Appended, Cursor, Log, Record, RecoveryReport, TruncatedTail};
 pub use options::{Durability, Options};
+pub use snapshot::{SetAside, SnapshotDamage, SnapshotRead, SnapshotStats, SnapshotStore};
 pub use stats::StatsSnapshot;
 pub use streams::{
     AllEvents, AppendResult, CheckpointState, Direction, ExpectedVersion, IndexStats, NewEvent,

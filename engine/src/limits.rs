@@ -70,3 +70,25 @@ pub const CHECKPOINT_HEADER_BYTES: usize = 64;
 /// Largest stream-index checkpoint file read back; a larger one is treated as damaged and
 /// the index is rebuilt from the log.
 pub const CHECKPOINT_BYTES_MAX: u64 = 4 << 30;
+
+/// Bytes of the fixed header of an aggregate snapshot file (format-spec.md §13).
+pub const SNAPSHOT_HEADER_BYTES: usize = 96;
+
+/// Longest schema tag of a snapshot (names the aggregate type and its state encoding), in
+/// UTF-8 bytes.
+pub const SNAPSHOT_SCHEMA_BYTES_MAX: usize = 256;
+
+/// Largest encoded aggregate state in one snapshot. A state that encodes larger is not
+/// snapshotted (the aggregate is then always loaded by replay).
+pub const SNAPSHOT_PAYLOAD_BYTES_MAX: usize = 64 << 20;
+
+/// Largest snapshot file read back; a larger one is set aside unread.
+pub const SNAPSHOT_FILE_BYTES_MAX: u64 = (SNAPSHOT_HEADER_BYTES
+    + STREAM_ID_BYTES_MAX
+    + SNAPSHOT_SCHEMA_BYTES_MAX
+    + SNAPSHOT_PAYLOAD_BYTES_MAX) as u64;
+
+/// Most files one aggregate's snapshots may have moved aside (`.broken-<n>`); past this,
+/// a bad snapshot is left in place, ignored and reported, so a flapping disk cannot fill the
+/// directory.
+pub const SNAPSHOT_SET_ASIDE_MAX: u32 = 1000;

@@ -93,6 +93,163 @@ fn parse_digits(stem: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// The directory holding aggregate snapshots (format-spec.md §13).
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+/// Extension of snapshot files.
+pub const SNAPSHOT_EXT: &str = "snap";
+/// Prefix of a snapshot file name that spells its stream id out.
+const SNAPSHOT_PLAIN_PREFIX: &str = "p-";
+/// Prefix of a snapshot file name that carries a hash of its (long) stream id.
+const SNAPSHOT_HASHED_PREFIX: &str = "h-";
+/// Longest encoded id spelled out in full; a longer one is hashed. Keeps every name, with
+/// its `.tmp` or `.broken-<n>` suffix, far below the 255 bytes file systems allow.
+const SNAPSHOT_PLAIN_ID_BYTES_MAX: usize = 160;
+/// Bytes of the readable prefix kept in front of the hash of a long id.
+const SNAPSHOT_HASHED_PREFIX_BYTES_MAX: usize = 48;
+
+/// `<dir>/snapshots`.
+pub fn snapshots_dir(dir: &Path) -> PathBuf {
+    dir.join(SNAPSHOTS_DIR)
+}
+
+/// Appends the file-name encoding of `id` (format-spec.md §13.1): the bytes `a-z`, `0-9`
+/// and `-` stand for themselves, every other byte is `_` and two lowercase hex digits. The
+/// result uses only lowercase letters, digits, `-` and `_`, so no id can name a path
+/// separator, a dot, a NUL, or two names that differ only in case.
+fn escape_id(id: &str, out: &mut String) {
+    for &b in id.as_bytes() {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push('_');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Reverses [`escape_id`], accepting only its canonical output.
+fn unescape_id(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' {
+            out.push(b);
+        } else if b == b'_' {
+            let (hi, lo) = (bytes.next()?, bytes.next()?);
+            let hi = HEX.iter().position(|&h| h == hi)?;
+            let lo = HEX.iter().position(|&h| h == lo)?;
+            let v = (hi << 4 | lo) as u8;
+            if v.is_ascii_lowercase() || v.is_ascii_digit() || v == b'-' {
+                return None;
+            }
+            out.push(v);
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The snapshot file name of stream `id` (format-spec.md §13.1): `p-<escaped id>.snap`
+/// when the escaped id has at most 160 bytes, else `h-<first escapes of it>.<SHA-256 of the
+/// id, 64 lowercase hex digits>.snap`. Injective for the plain form; the hashed form relies
+/// on SHA-256, and the full id inside the file is checked on load.
+pub fn snapshot_file_name(id: &str) -> String {
+    let mut escaped = String::with_capacity(id.len() + 8);
+    escape_id(id, &mut escaped);
+    if escaped.len() <= SNAPSHOT_PLAIN_ID_BYTES_MAX {
+        return format!("{SNAPSHOT_PLAIN_PREFIX}{escaped}.{SNAPSHOT_EXT}");
+    }
+    // Cut the readable prefix between escapes, never inside one.
+    let mut cut = 0;
+    let mut iter = escaped.char_indices().peekable();
+    while let Some((i, c)) = iter.next() {
+        let unit = if c == '_' { 3 } else { 1 };
+        if i + unit > SNAPSHOT_HASHED_PREFIX_BYTES_MAX {
+            break;
+        }
+        cut = i + unit;
+        if c == '_' {
+            iter.next();
+            iter.next();
+        }
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let mut hash = String::with_capacity(64);
+    for b in digest {
+        hash.push(char::from(HEX[usize::from(b >> 4)]));
+        hash.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    format!("{SNAPSHOT_HASHED_PREFIX}{}.{hash}.{SNAPSHOT_EXT}", &escaped[..cut])
+}
+
+/// `<snapshot file name>.broken-<n>`: a snapshot set aside by the aggregate layer.
+pub fn snapshot_broken_name(file_name: &str, n: u32) -> String {
+    format!("{file_name}.{BROKEN_MARK}-{n}")
+}
+
+/// What a name found in the snapshots directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotDirEntry {
+    /// The snapshot of the stream with this id (a plain name).
+    Plain(String),
+    /// The snapshot of a long stream id: its readable prefix, decoded (a prefix of the id).
+    Hashed(String),
+    /// A temp file of an atomic replace in progress or interrupted.
+    Temp,
+    /// A snapshot set aside.
+    Broken,
+    /// Anything else: not the engine's, never touched.
+    Foreign,
+}
+
+/// Classifies a name found in the snapshots directory.
+pub fn parse_snapshot_dir_entry(name: &str) -> SnapshotDirEntry {
+    if let Some(stem) = name.strip_suffix(TMP_SUFFIX)
+        && !matches!(parse_snapshot_name(stem), SnapshotDirEntry::Foreign)
+    {
+        return SnapshotDirEntry::Temp;
+    }
+    if let Some((stem, n)) = name.rsplit_once(&format!(".{BROKEN_MARK}-"))
+        && parse_digits_any(n)
+        && !matches!(parse_snapshot_name(stem), SnapshotDirEntry::Foreign)
+    {
+        return SnapshotDirEntry::Broken;
+    }
+    parse_snapshot_name(name)
+}
+
+fn parse_digits_any(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_snapshot_name(name: &str) -> SnapshotDirEntry {
+    let Some(stem) = name.strip_suffix(&format!(".{SNAPSHOT_EXT}")) else {
+        return SnapshotDirEntry::Foreign;
+    };
+    if let Some(escaped) = stem.strip_prefix(SNAPSHOT_PLAIN_PREFIX)
+        && !escaped.is_empty()
+        && escaped.len() <= SNAPSHOT_PLAIN_ID_BYTES_MAX
+        && let Some(id) = unescape_id(escaped)
+    {
+        return SnapshotDirEntry::Plain(id);
+    }
+    if let Some(rest) = stem.strip_prefix(SNAPSHOT_HASHED_PREFIX)
+        && let Some((escaped, hash)) = rest.split_once('.')
+        && escaped.len() <= SNAPSHOT_HASHED_PREFIX_BYTES_MAX
+        && hash.len() == 64
+        && hash.bytes().all(|b| HEX.contains(&b))
+        && let Some(prefix) = unescape_id(escaped)
+    {
+        return SnapshotDirEntry::Hashed(prefix);
+    }
+    SnapshotDirEntry::Foreign
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +273,36 @@ mod tests {
         }
         for name in ["0.seg", "+0000000000000000001.seg", "99999999999999999999.seg", "x", ""] {
             assert_eq!(parse_segment_dir_entry(name), SegmentDirEntry::Foreign, "{name}");
+        }
+    }
+
+    #[test]
+    fn snapshot_names_are_safe_and_round_trip() {
+        let long = "Z".repeat(10 << 10);
+        for id in ["account-1", "../../etc/passwd", "/abs", "a\0b", "A", "a", "_", "_41", ".", ".."]
+        {
+            let name = snapshot_file_name(id);
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+            );
+            assert_eq!(parse_snapshot_dir_entry(&name), SnapshotDirEntry::Plain(id.into()), "{id}");
+            assert_eq!(parse_snapshot_dir_entry(&format!("{name}.tmp")), SnapshotDirEntry::Temp);
+            assert_eq!(
+                parse_snapshot_dir_entry(&snapshot_broken_name(&name, 3)),
+                SnapshotDirEntry::Broken
+            );
+        }
+        assert_ne!(snapshot_file_name("A"), snapshot_file_name("a"));
+        let name = snapshot_file_name(&long);
+        assert!(name.len() < 140, "{}", name.len());
+        let parsed = parse_snapshot_dir_entry(&name);
+        assert!(matches!(parsed, SnapshotDirEntry::Hashed(p) if long.starts_with(&p)));
+        // Non-canonical escapes do not parse, so parsing is the inverse of building.
+        for name in
+            ["p-_61.snap", "p-_4A.snap", "p-.snap", "p-A.snap", "x.snap", "p-a.snap.tmp.tmp"]
+        {
+            assert_eq!(parse_snapshot_dir_entry(name), SnapshotDirEntry::Foreign, "{name}");
         }
     }
 }

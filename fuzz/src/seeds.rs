@@ -138,6 +138,26 @@ pub fn seeds() -> Vec<Seed> {
     let image = DirImage { segments: damaged, last_index: last_ix };
     add("open_dir", "damaged-active-segment", join_dir(&image));
 
+    let snap = annal::format::SnapshotFile {
+        log_id: [7; 16],
+        stream_id: "account-42".into(),
+        stream_version: 9,
+        seq: 1234,
+        event_id: [3; 16],
+        schema: "bank.account/1".into(),
+        payload: br#"{"balance":100}"#.to_vec(),
+    };
+    let bytes = snap.encode().unwrap();
+    add("snapshot_file", "valid-account", bytes.clone());
+    add("snapshot_file", "invalid-torn", bytes[..bytes.len() - 5].to_vec());
+    add("snapshot_file", "invalid-zeros", vec![0; bytes.len()]);
+    let long = annal::format::SnapshotFile { stream_id: "x/".repeat(2048), ..snap };
+    add("snapshot_file", "valid-4k-id-empty-payload", {
+        let mut l = long;
+        l.payload.clear();
+        l.encode().unwrap()
+    });
+
     // An empty store, closed.
     let sim = SimFs::new(2);
     open(&sim, open_dir_options()).close().unwrap();

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use annal::format::{
-    FrameKind, Placement, SegmentHeader, decode_frame_header, decode_index, decode_record_header,
-    encode_batch, encode_index, record_crc,
+    FrameKind, Placement, SegmentHeader, SnapshotFile, decode_frame_header, decode_index,
+    decode_record_header, encode_batch, encode_index, record_crc,
 };
 use annal::fs::SimFs;
 use annal::limits::{
@@ -131,6 +131,18 @@ pub fn index_file(data: &[u8]) -> Outcome {
             for e in &entries {
                 assert!(e.seq >= h.segment_base && e.seq < h.end_seq && e.offset < h.end_offset);
             }
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Rejected,
+    }
+}
+
+/// `SnapshotFile::decode` (format-spec.md §13): an accepted snapshot re-encodes to exactly
+/// its bytes.
+pub fn snapshot_file(data: &[u8]) -> Outcome {
+    match SnapshotFile::decode(data) {
+        Ok(snap) => {
+            assert_eq!(snap.encode().as_deref(), Ok(data), "snapshot re-encodes differently");
             Outcome::Accepted
         }
         Err(_) => Outcome::Rejected,

@@ -17,11 +17,12 @@ use targets::Outcome;
 
 type Target = fn(&[u8]) -> Outcome;
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("segment_header", targets::segment_header),
     ("frame", targets::frame),
     ("index_file", targets::index_file),
     ("open_dir", targets::open_dir),
+    ("snapshot_file", targets::snapshot_file),
 ];
 
 fn target(name: &str) -> Target {

@@ -9,6 +9,7 @@ mod event;
 mod frame;
 mod index_file;
 mod segment_header;
+mod snapshot_file;
 #[cfg(test)]
 mod spec_example;
 mod stream_checkpoint;
@@ -21,6 +22,7 @@ pub use frame::{
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};
 pub use segment_header::{FORMAT_VERSION, SEGMENT_MAGIC, SegmentHeader};
+pub use snapshot_file::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotFile};
 pub use stream_checkpoint::{CHECKPOINT_MAGIC, CheckpointId, CheckpointStream, StreamCheckpoint};
 
 /// Why a buffer did not decode as the structure it was expected to hold.
