@@ -10,6 +10,7 @@
 mod error;
 pub mod format;
 pub mod fs;
+pub mod inspect;
 pub mod limits;
 mod names;
 
@@ -18,6 +19,7 @@ mod commit;
 mod index;
 mod log;
 mod options;
+pub mod repair;
 mod segment;
 mod stats;
 mod streams;

@@ -11,6 +11,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)
 )]
 
+pub mod check;
 pub mod demo;
 pub mod escape;
+pub mod events;
 pub mod inspect;
