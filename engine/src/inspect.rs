@@ -857,14 +857,17 @@ impl Walker<'_> {
             let why = format!("it describes the segment at seq {}", h.segment_base);
             return self.index_damaged(&path, Some(32), why);
         }
-        if !markers.contains(&(h.end_offset, h.end_seq)) {
+        // Damage stops the walk: what the index says about bytes from there on cannot be
+        // checked, and the damage is reported on the segment.
+        let walked_to = seg.damage.as_ref().map_or(u64::MAX, |d| d.offset);
+        if h.end_offset < walked_to && !markers.contains(&(h.end_offset, h.end_seq)) {
             let why = format!(
                 "its end (offset {}, seq {}) is not a seal or close frame of the segment",
                 h.end_offset, h.end_seq
             );
             return self.index_damaged(&path, Some(40), why);
         }
-        for (i, e) in entries.iter().enumerate() {
+        for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.offset < walked_to) {
             let at = seg.batches.partition_point(|b| b.offset < e.offset);
             let ok = seg.batches.get(at).is_some_and(|b| {
                 b.offset == e.offset && b.seq == e.seq && b.timestamp_us == e.timestamp_us

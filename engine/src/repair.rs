@@ -336,7 +336,7 @@ fn plan(
         if let Some(seg) = s.segments.get(i) {
             salvage.cut_file = seg.path.clone();
             if off > 0 {
-                let to = seg.damage.as_ref().map_or(seg.bytes, |d| d.nonzero_end.max(off));
+                let to = seg.damage.as_ref().map_or(seg.bytes, |d| saved_end(d.nonzero_end, seg));
                 if let Some(tag) = tag {
                     decode_loose(&seg.path, off, to, tag, &mut salvage)?;
                 }
@@ -345,6 +345,18 @@ fn plan(
                 push(report, Step::Cut { file: seg.path.clone(), from: off, to }, a);
                 set_aside_index(seg, &mut |st, a| push(report, st, a), &act);
             }
+        }
+        // When whole segments go, the last one kept loses its seal frame: a sealed last
+        // segment tells recovery that a segment after it is missing (format-spec.md §7.3).
+        if off == 0
+            && let Some(prev) = i.checked_sub(1).and_then(|p| s.segments.get(p))
+            && let Some(seal_at) = prev.seal_at
+        {
+            let detail = "seal frame of the new last segment".to_string();
+            let to = prev.bytes;
+            let a = act(ActionKind::CutAfterSeal, &prev.path, Some(seal_at), to - seal_at, detail);
+            push(report, Step::Cut { file: prev.path.clone(), from: seal_at, to }, a);
+            set_aside_index(prev, &mut |st, a| push(report, st, a), &act);
         }
         for seg in s.segments.iter().skip(keep) {
             if let Some(tag) = tag {
@@ -367,15 +379,10 @@ fn plan(
             && !cut_here
         {
             let detail = format!("torn tail from seq {}: {}", d.seq, d.cause);
-            let bytes = d.nonzero_end - d.offset;
+            let end = saved_end(d.nonzero_end, seg);
+            let bytes = end - d.offset;
             let a = act(ActionKind::CutTail, &seg.path, Some(d.offset), bytes, detail);
-            push(
-                report,
-                Step::Cut { file: seg.path.clone(), from: d.offset, to: d.nonzero_end },
-                a,
-            );
-            set_aside_index(seg, &mut |st, a| push(report, st, a), &act);
-            continue;
+            push(report, Step::Cut { file: seg.path.clone(), from: d.offset, to: end }, a);
         }
         let after_seal =
             s.findings.iter().any(|f| f.kind == FindingKind::AfterSeal && f.file == seg.path);
@@ -385,7 +392,7 @@ fn plan(
             let a = act(ActionKind::CutAfterSeal, &seg.path, Some(from), to - from, detail);
             push(report, Step::Cut { file: seg.path.clone(), from, to }, a);
         }
-        if cut_here {
+        if cut_here || cut.is_some_and(|(c, off, _)| off == 0 && c == i + 1) {
             continue;
         }
         let damaged = matches!(seg.index, IndexState::Damaged { .. });
@@ -432,6 +439,13 @@ fn plan(
         push(report, Step::Move { file: ckpt }, a);
     }
     Ok(steps)
+}
+
+/// Where the bytes saved before a cut end: past the last non-zero byte, rounded up to the
+/// frame alignment so a frame ending in zero bytes is saved whole; the zeros of
+/// preallocated space after that are not copied.
+fn saved_end(nonzero_end: u64, seg: &SegmentSurvey) -> u64 {
+    align_up(nonzero_end).min(seg.bytes)
 }
 
 fn set_aside_index(

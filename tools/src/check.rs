@@ -295,6 +295,9 @@ pub fn verify(dir: &Path, json_out: bool, out: &mut dyn Write) -> io::Result<Ver
         CheckpointSurvey::Damaged { .. } => "checkpoint damaged",
     };
     writeln!(out, "  {ck}")?;
+    for p in &s.other_files {
+        writeln!(out, "  other file: {}", rel(dir, p))?;
+    }
     for f in &s.findings {
         write_finding(out, dir, f)?;
     }
