@@ -271,8 +271,7 @@ pub fn repair(
 
     // One writer open: recovery completes an interrupted seal and rebuilds the active
     // segment's index; the close writes a close frame, the index and the checkpoint.
-    let mut log_opts = Options::default();
-    log_opts.preallocate = false;
+    let log_opts = Options { preallocate: false, ..Options::default() };
     if survey.events > 0 {
         let store_opts = crate::StoreOptions { log: log_opts, ..crate::StoreOptions::default() };
         crate::Store::open(dir, store_opts)?.close()?;
@@ -319,14 +318,6 @@ fn plan(
         steps.push(step);
         report.actions.push(action);
     };
-    let act = |kind, file: &Path, offset, bytes, detail: String| Action {
-        kind,
-        file: file.to_path_buf(),
-        offset,
-        bytes,
-        saved_to: None,
-        detail,
-    };
     let keep = cut.map_or(s.segments.len(), |(i, off, _)| if off == 0 { i } else { i + 1 });
     let tag = s.log_id.map(|id| log_tag(&id));
 
@@ -343,7 +334,7 @@ fn plan(
                 let detail = format!("log cut at seq {seq}: damaged record and all after it");
                 let a = act(ActionKind::CutMidLog, &seg.path, Some(off), to - off, detail);
                 push(report, Step::Cut { file: seg.path.clone(), from: off, to }, a);
-                set_aside_index(seg, &mut |st, a| push(report, st, a), &act);
+                set_aside_index(seg, &mut |st, a| push(report, st, a));
             }
         }
         // When whole segments go, the last one kept loses its seal frame: a sealed last
@@ -356,7 +347,7 @@ fn plan(
             let to = prev.bytes;
             let a = act(ActionKind::CutAfterSeal, &prev.path, Some(seal_at), to - seal_at, detail);
             push(report, Step::Cut { file: prev.path.clone(), from: seal_at, to }, a);
-            set_aside_index(prev, &mut |st, a| push(report, st, a), &act);
+            set_aside_index(prev, &mut |st, a| push(report, st, a));
         }
         for seg in s.segments.iter().skip(keep) {
             if let Some(tag) = tag {
@@ -366,7 +357,7 @@ fn plan(
             let detail = format!("segment {} after the cut", seg.base);
             let a = act(ActionKind::QuarantineSegment, &seg.path, None, seg.bytes, detail);
             push(report, Step::Move { file: seg.path.clone() }, a);
-            set_aside_index(seg, &mut |st, a| push(report, st, a), &act);
+            set_aside_index(seg, &mut |st, a| push(report, st, a));
         }
         salvage.decoded_ranges = merge(std::mem::take(&mut salvage.decoded_ranges));
         report.salvage = Some(salvage);
@@ -397,7 +388,7 @@ fn plan(
         }
         let damaged = matches!(seg.index, IndexState::Damaged { .. });
         if damaged {
-            set_aside_index(seg, &mut |st, a| push(report, st, a), &act);
+            set_aside_index(seg, &mut |st, a| push(report, st, a));
         }
         if (damaged || seg.index == IndexState::Missing)
             && seg.state == SegmentState::Sealed
@@ -448,11 +439,7 @@ fn saved_end(nonzero_end: u64, seg: &SegmentSurvey) -> u64 {
     align_up(nonzero_end).min(seg.bytes)
 }
 
-fn set_aside_index(
-    seg: &SegmentSurvey,
-    push: &mut dyn FnMut(Step, Action),
-    act: &dyn Fn(ActionKind, &Path, Option<u64>, u64, String) -> Action,
-) {
+fn set_aside_index(seg: &SegmentSurvey, push: &mut dyn FnMut(Step, Action)) {
     if seg.index == IndexState::Missing {
         return;
     }
@@ -466,6 +453,11 @@ fn set_aside_index(
         Step::Move { file: path.clone() },
         act(ActionKind::SetAsideIndex, &path, None, bytes, why),
     );
+}
+
+/// An action not yet carried out.
+fn act(kind: ActionKind, file: &Path, offset: Option<u64>, bytes: u64, detail: String) -> Action {
+    Action { kind, file: file.to_path_buf(), offset, bytes, saved_to: None, detail }
 }
 
 /// Merges sorted-or-not ranges into disjoint sorted ones.

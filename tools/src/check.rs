@@ -386,11 +386,12 @@ fn repair_json(dir: &Path, r: &RepairReport) -> Value {
         })
         .collect();
     let salvage = r.salvage.as_ref().map(|s| {
+        let ranges: Vec<Value> = s.decoded_ranges.iter().map(|r| json!([r.0, r.1])).collect();
         json!({
             "cut_file": rel_json(dir, &s.cut_file),
             "cut_offset": s.cut_offset,
             "first_lost_seq": s.first_lost_seq,
-            "decoded_ranges": s.decoded_ranges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+            "decoded_ranges": ranges,
             "undecodable_records": s.undecodable_records,
             "streams": s.streams,
             "non_events": s.non_events,
