@@ -444,6 +444,11 @@ pub fn read(dir: &Path, q: &ReadQuery, out: &mut dyn Write) -> io::Result<Verdic
     Ok(verdict)
 }
 
+/// Read errors in a row at the same seq after which `tail` gives up: a reader that opened
+/// while the writer was changing a file can meet bytes that moved under it, which a re-open
+/// sees correctly; damage persists.
+const TAIL_RETRIES_MAX: u32 = 5;
+
 /// Runs `annal tail`: prints from `from`, then polls every [`TAIL_POLL`] for records another
 /// process made visible, until output fails or the store cannot be read.
 pub fn tail(dir: &Path, from: u64, out: &mut dyn Write) -> io::Result<Verdict> {
@@ -454,22 +459,37 @@ pub fn tail(dir: &Path, from: u64, out: &mut dyn Write) -> io::Result<Verdict> {
             return Ok(Verdict::Problems);
         }
     };
+    let mut failures = 0;
     loop {
+        let mut failed = None;
         for item in reader.by_ref() {
             match item {
-                Ok(i) => writeln!(out, "{}", item_json(&i))?,
+                Ok(i) => {
+                    writeln!(out, "{}", item_json(&i))?;
+                    failures = 0;
+                }
                 Err(e) => {
-                    out.flush()?;
-                    report_read_error("tail", &e);
-                    return Ok(Verdict::Problems);
+                    failed = Some(e);
+                    break;
                 }
             }
         }
         out.flush()?;
+        if let Some(e) = failed {
+            failures += 1;
+            if failures >= TAIL_RETRIES_MAX {
+                report_read_error("tail", &e);
+                return Ok(Verdict::Problems);
+            }
+        }
         std::thread::sleep(TAIL_POLL);
-        if let Err(e) = reader.reopen() {
-            report_read_error("tail", &e);
-            return Ok(Verdict::Problems);
+        while let Err(e) = reader.reopen() {
+            failures += 1;
+            if failures >= TAIL_RETRIES_MAX {
+                report_read_error("tail", &e);
+                return Ok(Verdict::Problems);
+            }
+            std::thread::sleep(TAIL_POLL);
         }
     }
 }
