@@ -27,10 +27,26 @@ fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
 }
 
+/// Opens `dir` as the writer, retrying for up to a second while it is locked. The tests in this
+/// file spawn `annal` processes concurrently; a child spawned while this process holds a store
+/// lock shares the locked file until its exec closes it, so a close followed at once by a
+/// reopen can find the lock still held for a moment.
+fn open_writer(dir: &Path, opts: Options) -> Log {
+    for _ in 0..100 {
+        match Log::open(dir, opts.clone()) {
+            Err(annal::Error::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stayed locked", dir.display());
+}
+
 /// A store of `n` single-record appends written by the library, cleanly closed.
 fn store(dir: &Path, n: usize) {
     let opts = Options { preallocate: false, ..Options::default() };
-    let log = Log::open(dir, opts).unwrap();
+    let log = open_writer(dir, opts);
     for i in 0..n {
         log.append(&[format!("payload-{i:04}-{}", "x".repeat(40))]).unwrap();
     }
@@ -62,7 +78,7 @@ fn demo_runs_on_a_fresh_dir_and_again_on_its_own_store() {
     assert!(text.contains("next seq 600"), "{text}");
 
     // Independently of the tool: the library reads back every record, distinct per run.
-    let log = Log::open(&dir, Options::default()).unwrap();
+    let log = open_writer(&dir, Options::default());
     let all: Vec<_> = log.cursor(0).map(|r| r.unwrap().payload).collect();
     assert_eq!(all.len(), 600);
     let runs = all.iter().filter(|p| p.ends_with(b"\"run\":300}")).count();
@@ -153,7 +169,7 @@ fn locked_store_exits_3_and_missing_store_exits_1_without_creating_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("held");
     store(&dir, 3);
-    let held = Log::open(&dir, Options::default()).unwrap();
+    let held = open_writer(&dir, Options::default());
     for cmd in ["stat", "repair"] {
         let o = annal(&[cmd, "--json"], Some(&dir));
         assert_eq!(o.status.code(), Some(3), "{cmd}: {}", stdout(&o));
@@ -273,7 +289,7 @@ fn read_only_inspection_changes_nothing_and_ignores_the_lock() {
     // A healthy store being written by another handle: read-only stat and verify still work.
     let tmp = tempfile::tempdir().unwrap();
     store(tmp.path(), 4);
-    let writer = Log::open(tmp.path(), Options::default()).unwrap();
+    let writer = open_writer(tmp.path(), Options::default());
     writer.append(&[b"one more"]).unwrap();
     let v = annal(&["verify", "--read-only", "--json"], Some(tmp.path()));
     assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));

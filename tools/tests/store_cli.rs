@@ -49,6 +49,21 @@ fn lines(o: &Output) -> Vec<Value> {
     out(o).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// Opens the store in `dir`, retrying for up to a second while it is locked: a child `annal`
+/// spawned by a concurrent test while this process held a store lock shares the locked file
+/// until its exec closes it, so a close followed at once by a reopen can find it still held.
+fn open_store(dir: &Path, opts: StoreOptions) -> Store {
+    for _ in 0..100 {
+        match Store::open(dir, opts.clone()) {
+            Err(annal::Error::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stayed locked", dir.display());
+}
+
 /// `n` events round-robin over streams `order-0..streams`, one append each, in small segments
 /// (4 KiB) so the store has several; cleanly closed.
 fn event_store(dir: &Path, n: usize, streams: usize) {
@@ -58,7 +73,7 @@ fn event_store(dir: &Path, n: usize, streams: usize) {
         preallocate: false,
         ..Options::default()
     };
-    let store = Store::open(dir, StoreOptions { log, ..StoreOptions::default() }).unwrap();
+    let store = open_store(dir, StoreOptions { log, ..StoreOptions::default() });
     for i in 0..n {
         let stream = format!("order-{}", i % streams);
         let data = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(60));
@@ -209,7 +224,7 @@ result: 2 problem(s) found
         "STORED", "COMPUTED"
     );
     // The checkpoint CRC values depend on the random ids: compare up to them.
-    let (got_head, _) = got.split_once("checksum mismatch").unwrap();
+    let (got_head, _) = got.split_once("checksum mismatch").unwrap_or_else(|| panic!("{got}"));
     let (want_head, _) = want.split_once("checksum mismatch").unwrap();
     assert_eq!(got_head, want_head, "got:\n{got}");
     assert!(got.ends_with("result: 2 problem(s) found\n"), "{got}");
@@ -428,7 +443,7 @@ fn a_second_writer_exits_3() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     event_store(dir, 3, 1);
-    let held = Store::open(dir, StoreOptions::default()).unwrap();
+    let held = open_store(dir, StoreOptions::default());
     let a = annal_stdin(&["append"], dir, "{\"stream\":\"s\",\"type\":\"T\",\"data\":1}\n");
     assert_eq!(a.status.code(), Some(3));
     assert_eq!(annal(&["repair"], dir).status.code(), Some(3));
@@ -452,7 +467,7 @@ fn tail_follows_a_concurrent_writer() {
     let writer = {
         let dir = dir.clone();
         std::thread::spawn(move || {
-            let store = Store::open(&dir, StoreOptions::default()).unwrap();
+            let store = open_store(&dir, StoreOptions::default());
             for i in 0..20 {
                 let e = NewEvent::new("Later", format!("{i}"));
                 store.append("live-1", ExpectedVersion::Any, &[e]).unwrap();
