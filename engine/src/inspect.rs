@@ -653,9 +653,16 @@ impl Walker<'_> {
         let mut last_close = false;
         let mut markers = Vec::new();
         let mut bad: Option<(u64, CorruptionKind)> = None;
+        let mut shrank = false;
         while off < len {
             let f = match segment::frame_at(&mut src, off, tag) {
                 Ok(f) => f,
+                // A writer closing the store gives back the preallocated space after its
+                // close frame: the file ended here while we read, with nothing after.
+                Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    shrank = true;
+                    break;
+                }
                 Err(FrameError::Io(e)) => return Err(Error::io("read", &path, e)),
                 Err(FrameError::Bad(kind)) => {
                     bad = Some((off, kind));
@@ -714,9 +721,15 @@ impl Walker<'_> {
             seg.state = SegmentState::Closed;
         }
         let from = bad.as_ref().map_or(off, |(at, _)| *at);
-        if from < len {
-            let survey = segment::survey_tail(&mut src, from, tag)
-                .map_err(|e| Error::io("read", &path, e))?;
+        if from < len && !shrank {
+            let survey = match segment::survey_tail(&mut src, from, tag) {
+                Ok(s) => s,
+                // As above: the writer cut its preallocated space while we probed it.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    segment::TailSurvey { nonzero_end: from, ..Default::default() }
+                }
+                Err(e) => return Err(Error::io("read", &path, e)),
+            };
             if survey.nonzero_end > from {
                 match bad {
                     None => {
@@ -859,7 +872,16 @@ impl Walker<'_> {
         }
         // Damage stops the walk: what the index says about bytes from there on cannot be
         // checked, and the damage is reported on the segment.
-        let walked_to = seg.damage.as_ref().map_or(u64::MAX, |d| d.offset);
+        let mut walked_to = seg.damage.as_ref().map_or(u64::MAX, |d| d.offset);
+        if h.end_offset >= seg.data_end && seg.state != SegmentState::Sealed {
+            // The index describes bytes past the walk. If the segment changed size since it
+            // was walked, a writer appended and closed meanwhile and wrote this index: what
+            // it says beyond the walk cannot be checked now. If not, the index is wrong.
+            let now = self.storage.open(&seg.path, OpenMode::Read).and_then(|f| f.len());
+            if now.is_ok_and(|n| n != seg.bytes) {
+                walked_to = walked_to.min(seg.data_end);
+            }
+        }
         if h.end_offset < walked_to && !markers.contains(&(h.end_offset, h.end_seq)) {
             let why = format!(
                 "its end (offset {}, seq {}) is not a seal or close frame of the segment",
@@ -951,6 +973,29 @@ impl Walker<'_> {
     }
 }
 
+/// Read-only opens retried after an end of file met mid-scan.
+const READ_ONLY_OPEN_RETRIES_MAX: u32 = 5;
+
+/// [`Log::open_read_only`], retried when the scan meets an unexpected end of file: a writer
+/// closing the store gives back the active segment's preallocated space (it truncates the file
+/// after its close frame), and a read-only open that saw the longer file can then read past
+/// the new end. A second open sees the file as it is; real damage does not go away.
+fn open_read_only_retrying(dir: &Path) -> Result<Log> {
+    let mut tries = 0;
+    loop {
+        match Log::open_read_only(dir, Options::default()) {
+            Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::UnexpectedEof
+                    && tries < READ_ONLY_OPEN_RETRIES_MAX =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One item read by [`read_events`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogItem {
@@ -979,7 +1024,7 @@ impl std::fmt::Debug for EventReader {
 impl EventReader {
     /// Opens the store in `dir` read-only (no lock, no writes) and positions at `from_seq`.
     pub fn open(dir: &Path, from_seq: u64) -> Result<EventReader> {
-        let log = Log::open_read_only(dir, Options::default())?;
+        let log = open_read_only_retrying(dir)?;
         let cursor = log.cursor(0);
         Ok(EventReader { log, cursor, versions: HashMap::new(), from_seq })
     }
@@ -988,7 +1033,7 @@ impl EventReader {
     /// record returned (versions carry over).
     pub fn reopen(&mut self) -> Result<()> {
         let next = self.cursor.next_seq();
-        let log = Log::open_read_only(self.log.dir(), Options::default())?;
+        let log = open_read_only_retrying(self.log.dir())?;
         self.cursor = log.cursor(next);
         self.log = log;
         Ok(())

@@ -510,3 +510,33 @@ fn streams_and_snapshots_list_what_is_there() {
     let i = out(&annal(&["inspect"], dir));
     assert!(i.contains("snapshots       1 file(s)") && i.contains("snapshots/order-0.snap"), "{i}");
 }
+
+#[test]
+fn read_and_verify_work_beside_a_writer_that_opens_and_closes() {
+    // Each `annal append` opens the store (preallocating the active segment) and closes it
+    // (giving the preallocated space back): a read-only reader that saw the longer file must
+    // neither fail nor report damage.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    event_store(&dir, 3, 1);
+    let writer = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            for i in 0..40 {
+                let line = format!("{{\"stream\":\"w\",\"type\":\"T\",\"data\":{i}}}\n");
+                let a = annal_stdin(&["append"], &dir, &line);
+                assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
+            }
+        })
+    };
+    let mut rounds = 0;
+    while !writer.is_finished() || rounds == 0 {
+        let r = annal(&["read"], &dir);
+        assert_eq!(r.status.code(), Some(0), "read: {}", String::from_utf8_lossy(&r.stderr));
+        let v = annal(&["verify"], &dir);
+        assert_eq!(v.status.code(), Some(0), "verify: {}", out(&v));
+        rounds += 1;
+    }
+    writer.join().unwrap();
+    assert_eq!(lines(&annal(&["read"], &dir)).len(), 43);
+}
