@@ -186,18 +186,7 @@ pub fn append(
             lanes.push(tx);
             let store = store.clone();
             let answers = answers_tx.clone();
-            scope.spawn(move || {
-                for (i, input) in rx {
-                    let r = store.append(&input.stream, input.expected, &[input.event]);
-                    let answer = match r {
-                        Ok(a) => Ok((a.first_seq, input.stream, a.first_version)),
-                        Err(e) => Err((e.to_string(), error_kind(&e))),
-                    };
-                    if answers.send((i, answer)).is_err() {
-                        return;
-                    }
-                }
-            });
+            scope.spawn(move || appender(&store, &rx, &answers));
         }
         let printer = {
             let store = store.clone();
@@ -246,6 +235,74 @@ pub fn append(
         all_ok = false;
     }
     if all_ok && printed_ok { Verdict::Ok } else { Verdict::Problems }
+}
+
+/// Most lines one append may carry (one atomic batch, one fsync).
+const LINES_PER_BATCH_MAX: usize = 1000;
+
+/// One lane: appends its lines in order. Lines already queued for the same stream, after the
+/// first with any expected version and then only `any`, go as one batch (one fsync); if the
+/// batch fails, nothing of it was written and each line is appended alone, so every line
+/// gets its own answer.
+fn appender(
+    store: &Store,
+    rx: &mpsc::Receiver<(u64, Input)>,
+    answers: &mpsc::Sender<(u64, Answer)>,
+) {
+    let mut carry: Option<(u64, Input)> = None;
+    loop {
+        let Some(first) = carry.take().or_else(|| rx.recv().ok()) else { return };
+        let mut batch = vec![first];
+        while batch.len() < LINES_PER_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(next) => {
+                    let same = batch.first().is_some_and(|(_, f)| f.stream == next.1.stream);
+                    if same && next.1.expected == ExpectedVersion::Any {
+                        batch.push(next);
+                    } else {
+                        carry = Some(next);
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let together = match batch.as_slice() {
+            [(_, one)] => Err(one),
+            [(_, head), ..] => {
+                let events: Vec<NewEvent> = batch.iter().map(|(_, i)| i.event.clone()).collect();
+                match store.append(&head.stream, head.expected, &events) {
+                    Ok(a) => Ok(a),
+                    Err(_) => Err(head),
+                }
+            }
+            [] => continue,
+        };
+        match together {
+            Ok(a) => {
+                for (k, (i, input)) in batch.into_iter().enumerate() {
+                    let k = k as u64;
+                    results.push((i, Ok((a.first_seq + k, input.stream, a.first_version + k))));
+                }
+            }
+            Err(_) => {
+                for (i, input) in batch {
+                    let r = store.append(&input.stream, input.expected, &[input.event]);
+                    let answer = match r {
+                        Ok(a) => Ok((a.first_seq, input.stream, a.first_version)),
+                        Err(e) => Err((e.to_string(), error_kind(&e))),
+                    };
+                    results.push((i, answer));
+                }
+            }
+        }
+        for r in results {
+            if answers.send(r).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn lane_of(stream: &str) -> usize {

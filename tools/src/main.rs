@@ -46,7 +46,8 @@ enum Command {
     /// "version"} once the event is durable under --durability, or {"error", "kind"} (kinds:
     /// wrong_expected_version, invalid_input, storage_full, io, poisoned, other) when it was
     /// not appended. Lines of different streams are appended concurrently; lines of one stream
-    /// in input order. Exit 0 if every line was appended, 1 otherwise, 3 if the store is locked.
+    /// in input order, queued ones as one batch (one fsync). Exit 0 if every line was appended,
+    /// 1 otherwise, 3 if the store is locked.
     Append(AppendArgs),
     /// Print events as JSON lines: {"seq", "stream", "version", "type", "id", "timestamp"
     /// (microseconds since the Unix epoch), "data", "metadata"}.

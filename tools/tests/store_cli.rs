@@ -540,3 +540,32 @@ fn read_and_verify_work_beside_a_writer_that_opens_and_closes() {
     writer.join().unwrap();
     assert_eq!(lines(&annal(&["read"], &dir)).len(), 43);
 }
+
+#[test]
+fn lines_of_one_stream_batched_together_still_get_one_answer_each() {
+    // Queued lines of one stream are appended as one batch; a line the store refuses (a type
+    // over the 256-byte limit) fails the batch, and every line is then answered on its own.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let mut input = String::new();
+    for i in 0..200 {
+        let ty = if i == 120 { "T".repeat(300) } else { "T".to_string() };
+        input.push_str(&format!("{{\"stream\":\"bulk\",\"type\":\"{ty}\",\"data\":{i}}}\n"));
+    }
+    let a = annal_stdin(&["append"], &dir, &input);
+    assert_eq!(a.status.code(), Some(1));
+    let acks = lines(&a);
+    assert_eq!(acks.len(), 200);
+    assert_eq!(acks[120]["kind"], "invalid_input", "{}", acks[120]);
+    let versions: Vec<u64> = acks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 120)
+        .map(|(_, a)| a["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (0..199).collect::<Vec<_>>(), "input order kept, no gap");
+    let data: Vec<u64> =
+        lines(&annal(&["read"], &dir)).iter().map(|e| e["data"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (0..200).filter(|&i| i != 120).collect();
+    assert_eq!(data, want);
+}
