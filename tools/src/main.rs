@@ -49,25 +49,29 @@ enum Command {
     /// in input order, queued ones as one batch (one fsync). Exit 0 if every line was appended,
     /// 1 otherwise, 3 if the store is locked.
     Append(AppendArgs),
-    /// Print events as JSON lines: {"seq", "stream", "version", "type", "id", "timestamp"
-    /// (microseconds since the Unix epoch), "data", "metadata"}.
+    /// Print events as JSON lines (read-only, no lock).
     ///
-    /// data and metadata are JSON when they hold JSON, else "data_b64"/"metadata_b64"
+    /// Each line: {"seq", "stream", "version", "type", "id", "timestamp" (microseconds since
+    /// the Unix epoch), "data", "metadata"}. data and metadata are JSON when they hold JSON, else "data_b64"/"metadata_b64"
     /// (base64); records that are not events print as {"seq", "timestamp", "payload" or
     /// "payload_b64"}. Opens the store read-only (no lock: works beside a writer). On a
     /// damaged record, prints everything before it, names the damage on stderr and exits 1.
     Read(ReadArgs),
-    /// Like read, then follow: print records other processes make visible, polling every
-    /// 250 ms (read-only re-open, no lock). Runs until interrupted or output is closed.
+    /// Print events, then follow what other processes append (read-only, polls every 250 ms).
+    ///
+    /// Prints as read does, then re-opens the store read-only every 250 ms (no lock) and prints
+    /// the records that became complete on disk. A writer under sync durability fsyncs them
+    /// before it acknowledges; tail may print one a moment before that fsync returns. Runs
+    /// until interrupted or its output is closed; exit 1 if the store cannot be read.
     Tail(TailArgs),
     /// Describe a store: segments, streams, checkpoints, snapshots, projections, last shutdown.
     ///
     /// Read-only and without the lock. Exit 1 if the survey finds problems (see verify).
     Inspect(JsonArgs),
-    /// Check every byte of a store without changing any: headers, frame and record CRCs, seals,
-    /// index entries, seq density across segments, event bodies, the stream checkpoint.
+    /// Check every byte of a store without changing any (read-only, no lock).
     ///
-    /// Read-only, no lock: works on a read-only directory and beside a writer. Exit 0 when
+    /// Checks segment headers, frame and record CRCs, seals, every index entry against its
+    /// batch, seq density across segments, event bodies, the stream checkpoint. No lock: works on a read-only directory and beside a writer. Exit 0 when
     /// clean; a torn tail that a writer's open would cut is a warning (still 0). Exit 1 on any
     /// problem, each listed with its file, offset and kind.
     Verify(VerifyArgs),
