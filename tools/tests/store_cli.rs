@@ -569,3 +569,46 @@ fn lines_of_one_stream_batched_together_still_get_one_answer_each() {
     let want: Vec<u64> = (0..200).filter(|&i| i != 120).collect();
     assert_eq!(data, want);
 }
+
+#[test]
+fn a_bad_segment_header_and_bytes_after_a_seal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    event_store(dir, 60, 3);
+    // Garbage after the seal frame of segment 0: a warning, cut by repair.
+    let first = seg(dir, 0);
+    let mut b0 = std::fs::read(&first).unwrap();
+    let sealed_len = b0.len();
+    b0.extend_from_slice(&[0x33; 16]);
+    std::fs::write(&first, &b0).unwrap();
+    let v = json(&annal(&["verify", "--json"], dir));
+    assert_eq!(v["verdict"], "ok", "{v}");
+    assert_eq!(v["findings"][0]["kind"], "after_seal");
+    assert_eq!(v["findings"][0]["offset"], sealed_len as u64);
+    let r = json(&annal(&["repair", "--json"], dir));
+    assert_eq!(r["actions"][0]["action"], "cut_after_seal", "{r}");
+    assert_eq!(std::fs::read(&first).unwrap().len(), sealed_len);
+
+    // A flipped bit in the header of segment 38: a problem; salvage moves it and 57 whole.
+    let third = seg(dir, 38);
+    let mut b = std::fs::read(&third).unwrap();
+    b[20] ^= 0x10; // inside the log id
+    std::fs::write(&third, &b).unwrap();
+    let v = annal(&["verify", "--json"], dir);
+    assert_eq!(v.status.code(), Some(1));
+    let f = &json(&v)["findings"][0];
+    assert_eq!(f["kind"], "segment_header", "{f}");
+    assert_eq!(f["offset"], 0);
+    let r = annal(&["repair", "--salvage", "--json"], dir);
+    assert_eq!(r.status.code(), Some(0), "{}", out(&r));
+    let sv = &json(&r)["salvage"];
+    assert_eq!(sv["first_lost_seq"], 38, "{sv}");
+    // The frames of the moved segments still verify: their seqs are reported.
+    assert_eq!(sv["decoded_ranges"], serde_json::json!([[38, 60]]), "{sv}");
+    assert_eq!(segment_bases(dir), [0, 19]);
+    let v = annal(&["verify", "--json"], dir);
+    assert_eq!(v.status.code(), Some(0), "{}", out(&v));
+    assert_eq!(json(&v)["next_seq"], 38);
+    let a = annal_stdin(&["append"], dir, "{\"stream\":\"order-2\",\"type\":\"T\",\"data\":1}\n");
+    assert_eq!(lines(&a)[0]["seq"], 38);
+}
