@@ -52,10 +52,11 @@ enum Command {
     /// Print events as JSON lines (read-only, no lock).
     ///
     /// Each line: {"seq", "stream", "version", "type", "id", "timestamp" (microseconds since
-    /// the Unix epoch), "data", "metadata"}. data and metadata are JSON when they hold JSON, else "data_b64"/"metadata_b64"
-    /// (base64); records that are not events print as {"seq", "timestamp", "payload" or
-    /// "payload_b64"}. Opens the store read-only (no lock: works beside a writer). On a
-    /// damaged record, prints everything before it, names the damage on stderr and exits 1.
+    /// the Unix epoch), "data", "metadata"}. data and metadata are JSON when they hold JSON,
+    /// else "data_b64"/"metadata_b64" (base64); records that are not events print as {"seq",
+    /// "timestamp", "payload" or "payload_b64"}. Opens the store read-only (no lock: works
+    /// beside a writer). On a damaged record, prints everything before it, names the damage on
+    /// stderr and exits 1.
     Read(ReadArgs),
     /// Print events, then follow what other processes append (read-only, polls every 250 ms).
     ///
@@ -71,9 +72,10 @@ enum Command {
     /// Check every byte of a store without changing any (read-only, no lock).
     ///
     /// Checks segment headers, frame and record CRCs, seals, every index entry against its
-    /// batch, seq density across segments, event bodies, the stream checkpoint. No lock: works on a read-only directory and beside a writer. Exit 0 when
-    /// clean; a torn tail that a writer's open would cut is a warning (still 0). Exit 1 on any
-    /// problem, each listed with its file, offset and kind.
+    /// batch, seq density across segments, event bodies, the stream checkpoint. No lock: works
+    /// on a read-only directory and beside a writer. Exit 0 when clean; a torn tail that a
+    /// writer's open would cut is a warning (still 0). Exit 1 on any problem, each listed with
+    /// its file, offset and kind.
     Verify(VerifyArgs),
     /// Repair a damaged store, copying every byte it changes into DIR/quarantine/ first.
     ///
