@@ -448,7 +448,7 @@ fn set_aside_index(seg: &SegmentSurvey, push: &mut dyn FnMut(Step, Action)) {
         IndexState::Damaged { reason } => format!("damaged: {reason}"),
         _ => "it describes bytes that are cut".to_string(),
     };
-    let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let bytes = StdFs.open(&path, OpenMode::Read).and_then(|f| f.len()).unwrap_or(0);
     push(
         Step::Move { file: path.clone() },
         act(ActionKind::SetAsideIndex, &path, None, bytes, why),
@@ -580,7 +580,7 @@ impl Quarantine<'_> {
                 let target = self.target(&file, Some(from))?;
                 let f =
                     st.open(&file, OpenMode::ReadWrite).map_err(|e| Error::io("open", &file, e))?;
-                copy_range(st, f.as_ref(), from, to, &target)?;
+                copy_range(st, (f.as_ref(), &file), from, to, &target)?;
                 f.set_len(from).map_err(|e| Error::io("truncate", &file, e))?;
                 f.sync_data().map_err(|e| Error::io("sync", &file, e))?;
                 Ok(Some(target))
@@ -608,10 +608,11 @@ impl Quarantine<'_> {
     }
 }
 
-/// Copies `[from, to)` of `file` into a new file `target`, in bounded chunks, durably.
+/// Copies `[from, to)` of `file` (open, and its path) into a new file `target`, in bounded
+/// chunks, durably.
 fn copy_range(
     storage: &dyn Storage,
-    file: &dyn StorageFile,
+    (file, source): (&dyn StorageFile, &Path),
     from: u64,
     to: u64,
     target: &Path,
@@ -624,7 +625,7 @@ fn copy_range(
     while pos < to {
         let n = CHUNK.min(to - pos) as usize;
         let chunk = buf.get_mut(..n).unwrap_or_default();
-        file.read_exact_at(chunk, pos).map_err(|e| Error::io("read", target, e))?;
+        file.read_exact_at(chunk, pos).map_err(|e| Error::io("read", source, e))?;
         out.write_all_at(chunk, pos - from).map_err(|e| Error::io("write", target, e))?;
         pos += n as u64;
     }
