@@ -612,3 +612,51 @@ fn a_bad_segment_header_and_bytes_after_a_seal() {
     let a = annal_stdin(&["append"], dir, "{\"stream\":\"order-2\",\"type\":\"T\",\"data\":1}\n");
     assert_eq!(lines(&a)[0]["seq"], 38);
 }
+
+#[test]
+fn every_ack_read_before_a_kill_9_is_in_the_store() {
+    // Acks are flushed as they are given: whatever a reader of the pipe saw acknowledged before
+    // the process was killed is in the store afterwards, with its data.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_annal"))
+        .args(["append", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for i in 0..100_000u64 {
+            let line = format!("{{\"stream\":\"k-{}\",\"type\":\"T\",\"data\":{i}}}\n", i % 7);
+            if stdin.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut acks = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let mut line = String::new();
+    while seen.len() < 300 {
+        line.clear();
+        assert!(acks.read_line(&mut line).unwrap() > 0, "append ended early");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        seen.push((seen.len() as u64, v));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    feeder.join().unwrap();
+
+    let events = lines(&annal(&["read"], &dir));
+    let by_seq: std::collections::HashMap<u64, &Value> =
+        events.iter().map(|e| (e["seq"].as_u64().unwrap(), e)).collect();
+    for (input_line, ack) in &seen {
+        let seq = ack["seq"].as_u64().unwrap_or_else(|| panic!("not an ack: {ack}"));
+        let e = by_seq.get(&seq).unwrap_or_else(|| panic!("acked seq {seq} is not in the store"));
+        assert_eq!(e["data"], *input_line, "seq {seq}");
+        assert_eq!(e["version"], ack["version"]);
+        assert_eq!(e["stream"], ack["stream"]);
+    }
+}
