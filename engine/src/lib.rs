@@ -11,6 +11,7 @@ mod aggregate;
 mod error;
 pub mod format;
 pub mod fs;
+pub mod inspect;
 pub mod limits;
 mod names;
 
@@ -19,6 +20,7 @@ mod commit;
 mod index;
 mod log;
 mod options;
+pub mod repair;
 mod segment;
 mod snapshot;
 mod stats;

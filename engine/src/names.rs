@@ -20,6 +20,25 @@ pub const INDEX_EXT: &str = "idx";
 /// Middle part of the name of bytes a recovery or repair moved aside.
 pub const BROKEN_MARK: &str = "broken";
 
+/// Snapshot files of the snapshot layer, under the store directory.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+/// Projection checkpoints, under the store directory.
+pub const PROJECTIONS_DIR: &str = "projections";
+/// Where `repair` keeps every byte it takes out of the store (format-spec.md §15).
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// The report a repair writes into its quarantine directory.
+pub const REPAIR_REPORT_FILE: &str = "REPORT.txt";
+
+/// `<name>.from-<offset>`: bytes `[offset, end)` copied out of file `name` before it was cut.
+pub fn cut_bytes_name(name: &str, offset: u64) -> String {
+    format!("{name}.from-{offset}")
+}
+
+/// `repair-<unix_ms>[-<k>]`: one repair run's directory inside `quarantine/`.
+pub fn repair_run_name(unix_ms: u64, k: u32) -> String {
+    if k == 0 { format!("repair-{unix_ms}") } else { format!("repair-{unix_ms}-{k}") }
+}
+
 /// `<dir>/segments`.
 pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join(SEGMENTS_DIR)

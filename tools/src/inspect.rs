@@ -1,11 +1,13 @@
-//! The inspect API behind `annal verify` and `annal stat`: each command builds a structured
-//! report, which the binary prints as text ([`VerifyReport::write_text`]) or JSON (serde).
+//! The report behind `annal stat`, and the verdicts and error summaries every command shares.
+//! `stat` builds a structured report, which the binary prints as text
+//! ([`StatReport::write_text`]) or JSON (serde).
 //!
-//! By default both commands open the store with [`Log::open`], so they take the store's writer
-//! lock (a store in use by another process gives [`Verdict::Locked`]) and run recovery, which
-//! may cut a torn tail (moving the bytes aside) or finish an interrupted segment roll; closing
-//! the store writes a close frame. With [`Access::ReadOnly`] they use
-//! [`Log::open_read_only`] instead: no lock, no writes, and a torn tail is reported but stays.
+//! By default `stat` opens the store with [`Log::open`], so it takes the store's writer lock
+//! (a store in use by another process gives [`Verdict::Locked`]) and runs recovery, which may
+//! cut a torn tail (moving the bytes aside) or finish an interrupted segment roll; closing the
+//! store writes a close frame. With [`Access::ReadOnly`] it uses [`Log::open_read_only`]
+//! instead: no lock, no writes, and a torn tail is reported but stays. (`annal verify` is
+//! read-only always: see [`crate::check`].)
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -244,28 +246,6 @@ pub struct StatReport {
     pub store: Option<StoreSummary>,
 }
 
-/// The result of `annal verify`.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    /// How the command ended.
-    pub verdict: Verdict,
-    /// Why the store could not be opened, if it could not.
-    pub error: Option<ErrorInfo>,
-    /// The summary, if the store opened.
-    pub store: Option<StoreSummary>,
-    /// The error that stopped the read, if one did (damage that opening did not examine:
-    /// records behind a seal or a close frame are verified only when read).
-    pub read_error: Option<ErrorInfo>,
-    /// Records read back, each with its CRC verified.
-    pub records: u64,
-    /// Payload bytes of those records.
-    pub payload_bytes: u64,
-    /// Wall time of the read, in milliseconds.
-    pub read_ms: f64,
-    /// Everything found wrong, one sentence each.
-    pub problems: Vec<String>,
-}
-
 /// Options the inspect commands open a store with. A store does not record the options it
 /// was written with, so reads accept records up to the engine's hard ceiling, and no space is
 /// reserved for the active segment, since these commands append nothing.
@@ -293,87 +273,6 @@ pub fn stat(dir: &Path, access: Access) -> StatReport {
             report
         }
     }
-}
-
-/// Opens the store in `dir`, reads every record through a cursor (each CRC is verified) and
-/// reports what is wrong: a corruption or other error at open or while reading, a torn tail
-/// that recovery cut, or a record count that disagrees with the log's head.
-pub fn verify(dir: &Path, access: Access) -> VerifyReport {
-    let mut report = VerifyReport {
-        verdict: Verdict::Ok,
-        error: None,
-        store: None,
-        read_error: None,
-        records: 0,
-        payload_bytes: 0,
-        read_ms: 0.0,
-        problems: Vec::new(),
-    };
-    let (log, store) = match open(dir, access) {
-        Ok(opened) => opened,
-        Err(error) => {
-            report.verdict = error.verdict();
-            report.problems.push(format!("cannot open the store: {}", error.message));
-            report.error = Some(error);
-            return report;
-        }
-    };
-    if let Some(t) = &store.recovery.truncated {
-        let (did, moved) = match (&t.moved_to, access) {
-            (_, Access::ReadOnly) => ("found (and left in place)", String::new()),
-            (Some(p), Access::Writer) => {
-                ("cut", format!("; the cut bytes were moved to {}", p.display()))
-            }
-            (None, Access::Writer) => ("cut", String::new()),
-        };
-        report.problems.push(format!(
-            "recovery {did} a torn tail of {} bytes at offset {} of {} ({} records in batch \
-             headers in those bytes; cause: {}){moved}",
-            t.bytes,
-            t.offset,
-            t.segment.display(),
-            t.events,
-            t.cause
-        ));
-    }
-    let end = log.visible_end();
-    let started = Instant::now();
-    let mut expected = 0u64;
-    for item in log.cursor(0) {
-        match item {
-            Ok(rec) if rec.seq == expected => {
-                expected += 1;
-                report.payload_bytes += rec.payload.len() as u64;
-            }
-            Ok(rec) => {
-                report.problems.push(format!(
-                    "the cursor returned seq {} where seq {expected} was due",
-                    rec.seq
-                ));
-                break;
-            }
-            Err(e) => {
-                report.problems.push(format!("reading seq {expected}: {e}"));
-                report.read_error = Some(ErrorInfo::from_error(&e));
-                break;
-            }
-        }
-    }
-    report.read_ms = started.elapsed().as_secs_f64() * 1e3;
-    report.records = expected;
-    if report.problems.is_empty() && expected != end {
-        report
-            .problems
-            .push(format!("read {expected} records, but the log's visible end is seq {end}"));
-    }
-    if let Err(e) = log.close() {
-        report.problems.push(format!("closing the store: {e}"));
-    }
-    report.store = Some(store);
-    if !report.problems.is_empty() {
-        report.verdict = Verdict::Problems;
-    }
-    report
 }
 
 /// Opens the store (refusing to create one) and summarises it.
@@ -629,31 +528,6 @@ impl StatReport {
             write_error(out, e)?;
         }
         Ok(())
-    }
-}
-
-impl VerifyReport {
-    /// Writes the report for a person.
-    pub fn write_text(&self, out: &mut dyn Write, dir: &Path) -> io::Result<()> {
-        writeln!(out, "annal verify {}", escape::path(dir))?;
-        if let Some(s) = &self.store {
-            write_store(out, s)?;
-            writeln!(
-                out,
-                "  records        {} read, every CRC verified ({} of payload) in {:.1} ms",
-                grouped(self.records),
-                human_bytes(self.payload_bytes),
-                self.read_ms
-            )?;
-        }
-        for p in &self.problems {
-            writeln!(out, "problem: {}", escape::text(p))?;
-        }
-        match self.verdict {
-            Verdict::Ok => writeln!(out, "result: OK"),
-            Verdict::Locked => writeln!(out, "result: the store is locked by another handle"),
-            Verdict::Problems => writeln!(out, "result: {} problem(s) found", self.problems.len()),
-        }
     }
 }
 
