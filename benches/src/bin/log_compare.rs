@@ -192,20 +192,7 @@ fn run(args: &[String]) -> R<()> {
             return Err(format!("unknown workload {bad:?}\n{USAGE}").into());
         }
     }
-    let root = dir.unwrap_or_else(machine::bench_root);
-    fs::create_dir_all(&root)?;
-    let fs_info = machine::fs_info(&root)?;
-    if fs_info.ram_backed && !allow_ram {
-        return Err(format!(
-            "{} is on {} ({}): fsync is free there, durability figures would be meaningless; \
-             pass --dir on a disk (or --allow-ram to try the driver out)",
-            root.display(),
-            fs_info.fs_type,
-            fs_info.device
-        )
-        .into());
-    }
-    let run_dir = tempfile::Builder::new().prefix("log_compare-").tempdir_in(&root)?;
+    let (run_dir, fs_info) = machine::run_dir(dir, "log_compare", allow_ram)?;
     progress(format!("stores in {} ({})", run_dir.path().display(), fs_info.fs_type));
     let env = Env {
         cfg: cfg.clone(),

@@ -67,9 +67,9 @@ impl Config {
             mode: "full",
             reps: 3,
             events: 1_000_000,
-            durable_secs: 1.5,
+            durable_secs: 1.0,
             writers: vec![8, 32],
-            reads: 200_000,
+            reads: 50_000,
             stream_events: 1_000_000,
             streams: 10_000,
             stream_loads: 2_000,
@@ -83,11 +83,11 @@ impl Config {
             "quick" => Config {
                 mode: "quick",
                 events: 100_000,
-                durable_secs: 0.3,
-                reads: 20_000,
+                durable_secs: 0.2,
+                reads: 5_000,
                 stream_events: 100_000,
-                stream_loads: 500,
-                clean_opens: 5,
+                stream_loads: 300,
+                clean_opens: 3,
                 ..full
             },
             "tiny" => Config {
@@ -189,20 +189,7 @@ fn run(args: &[String]) -> R<()> {
     if let Some(n) = events {
         cfg.events = n;
     }
-    let root = dir.unwrap_or_else(machine::bench_root);
-    fs::create_dir_all(&root)?;
-    let fs_info = machine::fs_info(&root)?;
-    if fs_info.ram_backed && !allow_ram {
-        return Err(format!(
-            "{} is on {} ({}): fsync is free there, durability figures would be meaningless; \
-             pass --dir on a disk (or --allow-ram to try the driver out)",
-            root.display(),
-            fs_info.fs_type,
-            fs_info.device
-        )
-        .into());
-    }
-    let run_dir = tempfile::Builder::new().prefix("compare-").tempdir_in(&root)?;
+    let (run_dir, fs_info) = machine::run_dir(dir, "compare", allow_ram)?;
     progress(format!("stores in {} ({})", run_dir.path().display(), fs_info.fs_type));
     let env = Env {
         cfg,
@@ -487,7 +474,7 @@ fn w2_w3_durable(env: &Env, doc: &mut Doc) -> R<()> {
     for threads in counts {
         let w = if threads == 1 { "W2" } else { "W3" };
         let reps =
-            env.rounds(&format!("{w} durable appends, {threads} writers"), &kinds, |k, _| {
+            env.rounds(&format!("{w} durable appends, {threads} writer(s)"), &kinds, |k, _| {
                 let dir = env.fresh(&format!("{w}-{}", k.name()));
                 let s = env.child(
                     "durable",
