@@ -22,7 +22,7 @@ use crate::contenders::{Kind, Role, Workload};
 use crate::dirs;
 use crate::machine;
 use crate::payload::{BULK_BATCH_EVENTS, EVENT_BYTES};
-use crate::report::{R, Table, per_rep, progress, settle};
+use crate::report::{self, R, Table, per_rep, progress, settle};
 use crate::stats::{fmt_ms, fmt_rate, fmt_ratio, fmt_us, median};
 
 /// The workloads, in the order they run; `--only` selects among these.
@@ -221,11 +221,7 @@ fn run(args: &[String]) -> R<()> {
         w7_open(&env, &bulk_dirs, &mut doc)?;
     }
     progress("done");
-    doc.footer = format!(
-        "Run took {:.0} s. Machine load at the end: {}.\n",
-        started.elapsed().as_secs_f64(),
-        machine::load()
-    );
+    doc.footer = report::run_footer(started.elapsed().as_secs_f64());
     print!("{}", doc.render());
     run_dir.close()?;
     Ok(())
@@ -862,23 +858,14 @@ struct Doc {
 impl Doc {
     fn header(&mut self, args: &[String], fs: &machine::FsInfo, env: &Env, idle: Option<&f64>) {
         let cfg = &env.cfg;
-        let mut h = String::from("## annal side by side with the alternatives\n\n");
-        h.push_str(&format!("- date: {}\n", machine::utc_now()));
-        for (k, v) in machine::describe() {
-            h.push_str(&format!("- {k}: {v}\n"));
-        }
-        h.push_str(&format!(
-            "- stores: {} on {} ({}, mounted at {})\n",
-            env.dir.display(),
-            fs.fs_type,
-            fs.device,
-            fs.mount_point
-        ));
-        let extra = if args.is_empty() { String::new() } else { format!(" -- {}", args.join(" ")) };
-        h.push_str(&format!(
-            "- command: `cargo run --release -p annal-benches --bin compare{extra}`\n"
-        ));
-        h.push_str(&format!("- machine load at the start: {}\n", machine::load()));
+        let dir = env.dir.display().to_string();
+        let mut h = report::run_header(
+            "annal side by side with the alternatives",
+            "compare",
+            args,
+            fs,
+            &dir,
+        );
         h.push_str(&format!(
             "- mode: {}; medians of {} repetitions; each measurement is one child process \
              per contender, in an order rotating by repetition, after a syncfs; ratios are \
@@ -914,7 +901,7 @@ impl Doc {
     }
 
     fn table(&mut self, mut t: Table) {
-        t.note(format!("Machine at the end of this workload: {}.", machine::load()));
+        report::note_load(&mut t);
         self.tables.push(t);
     }
 
