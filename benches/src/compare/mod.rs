@@ -928,3 +928,53 @@ impl Doc {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(rates: &[(Kind, f64)]) -> Rep {
+        rates.iter().map(|&(k, r)| (k, Sample::from([("rate".to_string(), r)]))).collect()
+    }
+
+    #[test]
+    fn ratios_are_taken_within_each_repetition() {
+        // Repetition 1 is slow for everyone, repetition 2 fast: the ratios must not mix
+        // them (annal / plain limit is 0.5 in both, whatever the medians of the rates).
+        let reps = vec![
+            rep(&[
+                (Kind::Plain, 100.0),
+                (Kind::PlainPrealloc, 80.0),
+                (Kind::Sqlite, 10.0),
+                (Kind::Redb, 25.0),
+                (Kind::AnnalLog, 50.0),
+            ]),
+            rep(&[
+                (Kind::Plain, 900.0),
+                (Kind::PlainPrealloc, 1000.0),
+                (Kind::Sqlite, 250.0),
+                (Kind::Redb, 100.0),
+                (Kind::AnnalLog, 500.0),
+            ]),
+        ];
+        assert_eq!(vs_plain(&reps, Kind::AnnalLog), vec![0.5, 0.5]);
+        assert_eq!(vs_peer(&reps, Kind::AnnalLog), vec![2.0, 2.0]);
+        assert_eq!(vs_kind(&reps, Kind::AnnalLog, Kind::PlainPrealloc), vec![0.625, 0.5]);
+        // A contender missing from a repetition gives no ratio for it.
+        assert!(vs_kind(&reps, Kind::AnnalStore, Kind::Plain).is_empty());
+        assert_eq!(med(&reps, Kind::Sqlite, "rate"), 130.0);
+    }
+
+    #[test]
+    fn every_mode_is_known_and_full_is_the_largest() {
+        let full = Config::new("full").unwrap();
+        let quick = Config::new("quick").unwrap();
+        let tiny = Config::new("tiny").unwrap();
+        assert!(Config::new("huge").is_err());
+        assert_eq!(full.events, 1_000_000);
+        assert_eq!(full.streams, 10_000);
+        assert_eq!(full.writers, vec![8, 32]);
+        assert!(full.reps >= 3 && quick.reps >= 3);
+        assert!(quick.events < full.events && tiny.events < quick.events);
+    }
+}
