@@ -39,12 +39,16 @@ pub enum Space {
     /// Write and sync zeros in chunks of this many bytes before use, so an append is a
     /// plain overwrite of initialized blocks (PostgreSQL's WAL segments).
     ZeroFill(u64),
+    /// Nothing reserved: every append extends the file, and every fdatasync also commits
+    /// the new size and blocks to the journal.
+    Grow,
 }
 
 impl Space {
     fn chunk(self) -> u64 {
         match self {
             Space::Fallocate(n) | Space::ZeroFill(n) => n,
+            Space::Grow => 0,
         }
     }
 
@@ -52,6 +56,7 @@ impl Space {
         match self {
             Space::Fallocate(_) => preallocate(file, offset, len),
             Space::ZeroFill(_) => zero_fill(file, offset, len),
+            Space::Grow => Ok(()),
         }
     }
 }

@@ -1,8 +1,11 @@
-//! Benchmarks of annal's log core, and the baselines they are measured against.
+//! Benchmarks of annal, and the baselines and peers they are measured against.
 //!
-//! The crate has two front ends. `src/bin/log_compare.rs` runs every workload of the issue
-//! for annal and for its baseline in the same run, interleaved, and prints a Markdown table
-//! (see `benches/README.md`). The criterion benches in `benches/` time one component each.
+//! The crate has three comparison binaries and the criterion benches. `src/bin/compare.rs`
+//! runs every workload against every contender (plain files, SQLite, okaywal, redb, annal's
+//! log and store) in one run; `log_compare` and `store_compare` are the earlier, narrower
+//! comparisons of the log core with its plain-file baseline and of the streams layer with
+//! SQLite. Each prints a Markdown report (see `benches/README.md`). The criterion benches in
+//! `benches/` time one component each.
 //!
 //! This library holds what both share, kept apart from the driver so that the baselines can
 //! be read on their own:
@@ -14,6 +17,10 @@
 //!   durable appends from many threads.
 //! - [`peer`]: okaywal, the best Rust write-ahead log measured on this machine, as a
 //!   second reference for durable appends.
+//! - [`contenders`]: one adapter per system `compare` measures, behind one trait.
+//! - [`compare`]: the driver of `compare`, parent and child sides.
+//! - [`dirs`]: store directories seen from outside: size on disk, dropping them from the
+//!   page cache, sparse copies of crashed stores, and the peak RSS of a process.
 //! - [`machine`]: what machine and file system the figures come from, and the refusal to
 //!   measure durability on a RAM-backed file system.
 //! - [`payload`]: deterministic event payloads.
@@ -22,6 +29,9 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod compare;
+pub mod contenders;
+pub mod dirs;
 pub mod group_commit;
 pub mod machine;
 pub mod payload;

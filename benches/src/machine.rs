@@ -124,6 +124,33 @@ pub fn bench_root() -> PathBuf {
     target.join("bench-data")
 }
 
+/// Creates the benchmark root `root` (default [`bench_root`]) and a fresh run directory
+/// `<prefix>-XXXXXX` in it, refusing a RAM-backed file system unless `allow_ram`: fsync is
+/// free there, so durability figures would be meaningless. The run directory is removed
+/// when the returned guard is dropped or closed.
+pub fn run_dir(
+    root: Option<PathBuf>,
+    prefix: &str,
+    allow_ram: bool,
+) -> Result<(tempfile::TempDir, FsInfo), String> {
+    let root = root.unwrap_or_else(bench_root);
+    let fail = |e: io::Error| format!("{}: {e}", root.display());
+    std::fs::create_dir_all(&root).map_err(fail)?;
+    let info = fs_info(&root).map_err(fail)?;
+    if info.ram_backed && !allow_ram {
+        return Err(format!(
+            "{} is on {} ({}): fsync is free there, durability figures would be meaningless; \
+             pass --dir on a disk (or --allow-ram to try the driver out)",
+            root.display(),
+            info.fs_type,
+            info.device
+        ));
+    }
+    let dir =
+        tempfile::Builder::new().prefix(&format!("{prefix}-")).tempdir_in(&root).map_err(fail)?;
+    Ok((dir, info))
+}
+
 /// The current time in UTC as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()

@@ -31,6 +31,16 @@ impl OkayWal {
         Ok(())
     }
 
+    /// Appends every payload as a chunk of one entry and commits it: one fsync for all.
+    pub fn append_all<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
+        let mut entry = self.wal.begin_entry()?;
+        for p in payloads {
+            entry.write_chunk(p)?;
+        }
+        entry.commit()?;
+        Ok(())
+    }
+
     /// Shuts the log down (waits for its checkpointing thread).
     pub fn shutdown(self) -> io::Result<()> {
         self.wal.shutdown()

@@ -50,8 +50,12 @@ pub fn create_preallocated(path: &Path, len: u64) -> io::Result<File> {
 }
 
 /// Reserves `len` bytes at `offset` of `file` (extending it), as annal's segments do.
+/// Nothing for `len` 0.
 pub fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use rustix::fs::{FallocateFlags, fallocate};
+    if len == 0 {
+        return Ok(());
+    }
     match fallocate(file, FallocateFlags::empty(), offset, len) {
         Ok(()) => Ok(()),
         Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {

@@ -82,6 +82,41 @@ where
     Ok((ops, elapsed, hist))
 }
 
+/// The opening lines of a report: its title, the date, the machine, where the stores are,
+/// the command that made it and the machine's load at the start.
+pub fn run_header(
+    title: &str,
+    bin: &str,
+    args: &[String],
+    fs: &crate::machine::FsInfo,
+    dir: &str,
+) -> String {
+    use crate::machine;
+    let mut h = format!("## {title}\n\n");
+    h.push_str(&format!("- date: {}\n", machine::utc_now()));
+    for (k, v) in machine::describe() {
+        h.push_str(&format!("- {k}: {v}\n"));
+    }
+    h.push_str(&format!(
+        "- stores: {dir} on {} ({}, mounted at {})\n",
+        fs.fs_type, fs.device, fs.mount_point
+    ));
+    let extra = if args.is_empty() { String::new() } else { format!(" -- {}", args.join(" ")) };
+    h.push_str(&format!("- command: `cargo run --release -p annal-benches --bin {bin}{extra}`\n"));
+    h.push_str(&format!("- machine load at the start: {}\n", machine::load()));
+    h
+}
+
+/// The closing line of a report: how long the run took and the machine's load at its end.
+pub fn run_footer(secs: f64) -> String {
+    format!("Run took {secs:.0} s. Machine load at the end: {}.\n", crate::machine::load())
+}
+
+/// Notes the machine's load under `t`, as its workload ends.
+pub fn note_load(t: &mut Table) {
+    t.note(format!("Machine at the end of this workload: {}.", crate::machine::load()));
+}
+
 /// `>= 0.8x: met` or `>= 0.8x: MISSED`.
 pub fn verdict(ratio: f64, target: f64) -> String {
     let word = if ratio >= target { "met" } else { "MISSED" };

@@ -41,7 +41,7 @@ use annal_benches::payload::{self, BULK_BATCH_EVENTS, EVENT_BYTES};
 use annal_benches::peer::OkayWal;
 use annal_benches::plain::{self, PlainReader, PlainWriter};
 use annal_benches::report::{
-    R, Table, ms_since, per_rep, progress, settle, timed_threads, verdict,
+    self, R, Table, ms_since, per_rep, progress, settle, timed_threads, verdict,
 };
 use annal_benches::stats::{
     fmt_ms, fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us,
@@ -192,20 +192,7 @@ fn run(args: &[String]) -> R<()> {
             return Err(format!("unknown workload {bad:?}\n{USAGE}").into());
         }
     }
-    let root = dir.unwrap_or_else(machine::bench_root);
-    fs::create_dir_all(&root)?;
-    let fs_info = machine::fs_info(&root)?;
-    if fs_info.ram_backed && !allow_ram {
-        return Err(format!(
-            "{} is on {} ({}): fsync is free there, durability figures would be meaningless; \
-             pass --dir on a disk (or --allow-ram to try the driver out)",
-            root.display(),
-            fs_info.fs_type,
-            fs_info.device
-        )
-        .into());
-    }
-    let run_dir = tempfile::Builder::new().prefix("log_compare-").tempdir_in(&root)?;
+    let (run_dir, fs_info) = machine::run_dir(dir, "log_compare", allow_ram)?;
     progress(format!("stores in {} ({})", run_dir.path().display(), fs_info.fs_type));
     let env = Env {
         cfg: cfg.clone(),
@@ -1212,21 +1199,13 @@ struct Report {
 
 impl Report {
     fn header(&mut self, args: &[String], fs: &machine::FsInfo, dir: &str, cfg: &Config) {
-        let mut h = String::new();
-        h.push_str("## annal log core vs plain-file baselines\n\n");
-        h.push_str(&format!("- date: {}\n", machine::utc_now()));
-        for (k, v) in machine::describe() {
-            h.push_str(&format!("- {k}: {v}\n"));
-        }
-        h.push_str(&format!(
-            "- stores: {dir} on {} ({}, mounted at {})\n",
-            fs.fs_type, fs.device, fs.mount_point
-        ));
-        let extra = if args.is_empty() { String::new() } else { format!(" -- {}", args.join(" ")) };
-        h.push_str(&format!(
-            "- command: `cargo run --release -p annal-benches --bin log_compare{extra}`\n"
-        ));
-        h.push_str(&format!("- machine load at the start: {}\n", machine::load()));
+        let mut h = report::run_header(
+            "annal log core vs plain-file baselines",
+            "log_compare",
+            args,
+            fs,
+            dir,
+        );
         h.push_str(&format!(
             "- mode: {}; medians of {} repetitions ({} for durable appends, {} per sweep size); \
              ratios are annal speed / baseline speed within one repetition (above 1: annal \
@@ -1240,8 +1219,7 @@ impl Report {
     }
 
     fn footer(&mut self, secs: f64) {
-        self.footer =
-            format!("Run took {secs:.0} s. Machine load at the end: {}.\n", machine::load());
+        self.footer = report::run_footer(secs);
     }
 
     fn clean_open(&mut self, segments: usize, ms: f64) {
@@ -1270,7 +1248,7 @@ impl Report {
 
     /// Adds a table, noting the machine's load as the workload ends.
     fn table(&mut self, mut t: Table) {
-        t.note(format!("Machine at the end of this workload: {}.", machine::load()));
+        report::note_load(&mut t);
         self.tables.push(t);
     }
 

@@ -39,7 +39,7 @@ use annal::{
 use annal_benches::machine;
 use annal_benches::payload::XorShift;
 use annal_benches::report::{
-    R, Table, ms_since, per_rep, progress, settle, timed_threads, verdict,
+    self, R, Table, ms_since, per_rep, progress, settle, timed_threads, verdict,
 };
 use annal_benches::stats::{
     fmt_ms, fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us, record,
@@ -141,20 +141,7 @@ fn run(args: &[String]) -> R<()> {
     if let Some(n) = reps {
         cfg.reps = n;
     }
-    let root = dir.unwrap_or_else(machine::bench_root);
-    fs::create_dir_all(&root)?;
-    let fs_info = machine::fs_info(&root)?;
-    if fs_info.ram_backed && !allow_ram {
-        return Err(format!(
-            "{} is on {} ({}): fsync is free there, durability figures would be meaningless; \
-             pass --dir on a disk (or --allow-ram to try the driver out)",
-            root.display(),
-            fs_info.fs_type,
-            fs_info.device
-        )
-        .into());
-    }
-    let run_dir = tempfile::Builder::new().prefix("store_compare-").tempdir_in(&root)?;
+    let (run_dir, fs_info) = machine::run_dir(dir, "store_compare", allow_ram)?;
     progress(format!("stores in {} ({})", run_dir.path().display(), fs_info.fs_type));
 
     let mut report = Report::default();
@@ -838,22 +825,9 @@ struct Report {
 
 impl Report {
     fn header(&mut self, args: &[String], fs: &machine::FsInfo, dir: &str, cfg: &Config) {
-        let mut h = String::new();
-        h.push_str("## annal streams layer vs SQLite and the plain log\n\n");
-        h.push_str(&format!("- date: {}\n", machine::utc_now()));
-        for (k, v) in machine::describe() {
-            h.push_str(&format!("- {k}: {v}\n"));
-        }
-        h.push_str(&format!(
-            "- stores: {dir} on {} ({}, mounted at {})\n",
-            fs.fs_type, fs.device, fs.mount_point
-        ));
-        let extra = if args.is_empty() { String::new() } else { format!(" -- {}", args.join(" ")) };
-        h.push_str(&format!(
-            "- command: `cargo run --release -p annal-benches --bin store_compare{extra}`\n"
-        ));
+        let title = "annal streams layer vs SQLite and the plain log";
+        let mut h = report::run_header(title, "store_compare", args, fs, dir);
         h.push_str(&format!("- SQLite: {} (rusqlite, bundled)\n", rusqlite::version()));
-        h.push_str(&format!("- machine load at the start: {}\n", machine::load()));
         h.push_str(&format!(
             "- mode: {}; medians of {} repetitions; ratios are annal speed / the other's \
              speed within one repetition (above 1: annal faster)\n\n",
@@ -864,8 +838,7 @@ impl Report {
     }
 
     fn footer(&mut self, secs: f64) {
-        self.footer =
-            format!("Run took {secs:.0} s. Machine load at the end: {}.\n", machine::load());
+        self.footer = report::run_footer(secs);
     }
 
     fn target(&mut self, what: &str, ratio: f64, target: f64) {
@@ -874,7 +847,7 @@ impl Report {
 
     /// Adds a table, noting the machine's load as the workload ends.
     fn table(&mut self, mut t: Table) {
-        t.note(format!("Machine at the end of this workload: {}.", machine::load()));
+        report::note_load(&mut t);
         self.tables.push(t);
     }
 
