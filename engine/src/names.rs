@@ -20,8 +20,6 @@ pub const INDEX_EXT: &str = "idx";
 /// Middle part of the name of bytes a recovery or repair moved aside.
 pub const BROKEN_MARK: &str = "broken";
 
-/// Snapshot files of the snapshot layer, under the store directory.
-pub const SNAPSHOTS_DIR: &str = "snapshots";
 /// Projection checkpoints, under the store directory.
 pub const PROJECTIONS_DIR: &str = "projections";
 /// Where `repair` keeps every byte it takes out of the store (format-spec.md §15).
