@@ -21,6 +21,7 @@ mod options;
 mod segment;
 mod stats;
 mod streams;
+mod subscribe;
 
 pub use log::{Appended, Cursor, Log, Record, RecoveryReport, TruncatedTail};
 pub use options::{Durability, Options};
@@ -31,3 +32,4 @@ pub use streams::{
 };
 #[cfg(feature = "serde")]
 pub use streams::{CAUSATION_ID, CORRELATION_ID};
+pub use subscribe::{Filter, Subscription};
