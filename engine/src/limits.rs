@@ -70,3 +70,15 @@ pub const CHECKPOINT_HEADER_BYTES: usize = 64;
 /// Largest stream-index checkpoint file read back; a larger one is treated as damaged and
 /// the index is rebuilt from the log.
 pub const CHECKPOINT_BYTES_MAX: u64 = 4 << 30;
+
+/// Bytes of the fixed header of a projection checkpoint (format-spec.md §14).
+pub const PROJECTION_CHECKPOINT_HEADER_BYTES: usize = 64;
+
+/// Longest projection name, in UTF-8 bytes. A name becomes a file name with every byte
+/// outside `[A-Za-z0-9_-]` written as `%XX`, so 80 bytes stay within the 255-byte file-name
+/// limit of common file systems, suffixes included.
+pub const PROJECTION_NAME_BYTES_MAX: usize = 80;
+
+/// Largest projection state stored in a checkpoint (exactly-once projections keep their
+/// whole view there); a larger one is refused when writing and treated as damage when read.
+pub const PROJECTION_STATE_BYTES_MAX: u64 = 1 << 30;

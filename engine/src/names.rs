@@ -93,6 +93,33 @@ fn parse_digits(stem: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// The directory holding projection checkpoints, in a store directory.
+pub const PROJECTIONS_DIR: &str = "projections";
+/// Extension of projection checkpoint files.
+pub const PROJECTION_CHECKPOINT_EXT: &str = "ckpt";
+
+/// `<dir>/projections`.
+pub fn projections_dir(dir: &Path) -> PathBuf {
+    dir.join(PROJECTIONS_DIR)
+}
+
+/// `<encoded name>.ckpt`: the name with every byte outside `[A-Za-z0-9_-]` written as `%XX`
+/// (upper-case hex), so no name can leave its directory, hide (leading `.`) or collide with
+/// a temp file (format-spec.md §14).
+pub fn projection_checkpoint_file_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 5);
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push('.');
+    out.push_str(PROJECTION_CHECKPOINT_EXT);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +144,14 @@ mod tests {
         for name in ["0.seg", "+0000000000000000001.seg", "99999999999999999999.seg", "x", ""] {
             assert_eq!(parse_segment_dir_entry(name), SegmentDirEntry::Foreign, "{name}");
         }
+    }
+
+    #[test]
+    fn projection_names_are_encoded_into_one_safe_component() {
+        assert_eq!(projection_checkpoint_file_name("orders_by-day"), "orders_by-day.ckpt");
+        assert_eq!(projection_checkpoint_file_name("../x y"), "%2E%2E%2Fx%20y.ckpt");
+        assert_eq!(projection_checkpoint_file_name("é"), "%C3%A9.ckpt");
+        let long = "/".repeat(crate::limits::PROJECTION_NAME_BYTES_MAX);
+        assert!(projection_checkpoint_file_name(&long).len() + TMP_SUFFIX.len() <= 255);
     }
 }

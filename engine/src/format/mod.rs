@@ -8,6 +8,7 @@
 mod event;
 mod frame;
 mod index_file;
+mod projection_checkpoint;
 mod segment_header;
 #[cfg(test)]
 mod spec_example;
@@ -20,6 +21,7 @@ pub use frame::{
     record_crc,
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};
+pub use projection_checkpoint::{PROJECTION_CHECKPOINT_MAGIC, ProjectionCheckpoint};
 pub use segment_header::{FORMAT_VERSION, SEGMENT_MAGIC, SegmentHeader};
 pub use stream_checkpoint::{CHECKPOINT_MAGIC, CheckpointId, CheckpointStream, StreamCheckpoint};
 
