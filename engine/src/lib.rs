@@ -18,6 +18,7 @@ mod commit;
 mod index;
 mod log;
 mod options;
+mod projection;
 mod segment;
 mod stats;
 mod streams;
@@ -25,6 +26,11 @@ mod subscribe;
 
 pub use log::{Appended, Cursor, Log, Record, RecoveryReport, TruncatedTail};
 pub use options::{Durability, Options};
+pub use projection::{
+    BoxError, CheckpointLoad, Delivery, EventCounts, Projection, ProjectionHandle,
+    ProjectionMetrics, ProjectionOptions, ProjectionRunner, ProjectionStatus, ReadModel,
+    RebuildHandle, RebuildOutcome, Verify, VerifyFn, digest_bytes,
+};
 pub use stats::StatsSnapshot;
 pub use streams::{
     AllEvents, AppendResult, CheckpointState, Direction, ExpectedVersion, IndexStats, NewEvent,

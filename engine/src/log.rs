@@ -432,6 +432,11 @@ impl Log {
         &self.inner.dir
     }
 
+    /// The storage the log was opened on (for derived files such as projection checkpoints).
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
     /// Reads record `seq`, verifying its CRC. Fails with [`Error::SeqOutOfRange`] for seqs
     /// not yet visible and [`Error::Corrupt`] if the bytes do not verify.
     pub fn read(&self, seq: u64) -> Result<Record> {
