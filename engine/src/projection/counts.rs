@@ -84,9 +84,9 @@ impl Projection for EventCounts {
 
     fn apply(&mut self, event: &RecordedEvent) -> Result<(), BoxError> {
         self.total += 1;
-        *self.by_type.entry(event.event_type.clone()).or_default() += 1;
+        bump(&mut self.by_type, &event.event_type);
         if let Some(c) = category_of(&event.stream_id) {
-            *self.by_category.entry(c.to_owned()).or_default() += 1;
+            bump(&mut self.by_category, c);
         }
         Ok(())
     }
@@ -117,6 +117,16 @@ impl Projection for EventCounts {
         self.by_type = by_type;
         self.by_category = by_category;
         Ok(())
+    }
+}
+
+/// Adds one to `key`'s count, allocating the key only the first time it is seen.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
+        }
     }
 }
 
