@@ -35,7 +35,6 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 struct Progress {
     status: ProjectionStatus,
     last_error: Option<String>,
-    applied: u64,
     rate: f64,
     checkpointed: Option<u64>,
 }
@@ -49,8 +48,15 @@ struct Shared<P> {
     position: AtomicU64,
     version: AtomicU32,
     progress: Mutex<Progress>,
-    /// Signalled (under `progress`) after every batch and every status change.
+    /// Signalled (under `progress`) after every status change, and after a batch that
+    /// reaches what someone waits for.
     moved: Condvar,
+    /// The lowest seq a thread in `wait_for` waits for (`u64::MAX`: none). The projection's
+    /// thread signals `moved` only when its position passes it, so waiters are woken once
+    /// for their seq, not once per batch, and nobody waiting costs no lock at all.
+    wake_at: AtomicU64,
+    /// Events applied since start.
+    applied: AtomicU64,
     started_from: u64,
     checkpoint_load: CheckpointLoad,
 }
@@ -124,7 +130,11 @@ impl<P: Projection> ReadModel<P> {
         let deadline = Instant::now().checked_add(timeout);
         let mut p = self.shared.progress();
         loop {
-            let position = self.position();
+            // Announced (under the lock) before the position is read, both SeqCst: either
+            // the projection's thread sees the announcement and signals, or this read sees
+            // its new position. Every round announces again: a signal resets it.
+            self.shared.wake_at.fetch_min(seq, Ordering::SeqCst);
+            let position = self.shared.position.load(Ordering::SeqCst);
             if position > seq {
                 return Ok(());
             }
@@ -247,12 +257,13 @@ impl ProjectionRunner {
             progress: Mutex::new(Progress {
                 status: ProjectionStatus::Running,
                 last_error: None,
-                applied: 0,
                 rate: 0.0,
                 checkpointed: matches!(resume.load, CheckpointLoad::Loaded { .. })
                     .then_some(resume.position),
             }),
             moved: Condvar::new(),
+            wake_at: AtomicU64::new(u64::MAX),
+            applied: AtomicU64::new(0),
             started_from: resume.position,
             checkpoint_load: resume.load,
         });
@@ -540,12 +551,14 @@ impl<P: Projection> Worker<P> {
                         return End::Failed;
                     }
                 }
-                self.shared.position.store(end, Ordering::Release);
+                self.shared.position.store(end, Ordering::SeqCst);
                 drop(view);
-                let mut p = self.shared.progress();
-                p.applied += batch.len() as u64;
-                self.shared.moved.notify_all();
-                drop(p);
+                self.shared.applied.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if end > self.shared.wake_at.load(Ordering::SeqCst) {
+                    let _p = self.shared.progress();
+                    self.shared.wake_at.store(u64::MAX, Ordering::SeqCst);
+                    self.shared.moved.notify_all();
+                }
                 since_checkpoint += batch.len() as u64;
                 window.1 += batch.len() as u64;
             }
@@ -735,7 +748,7 @@ fn metrics_of<P>(s: &Shared<P>) -> ProjectionMetrics {
         lag_events,
         lag_time,
         events_per_sec: if p.status == ProjectionStatus::Running { p.rate } else { 0.0 },
-        applied_events: p.applied,
+        applied_events: s.applied.load(Ordering::Relaxed),
         last_error: p.last_error.clone(),
         checkpointed: p.checkpointed,
         started_from: s.started_from,
