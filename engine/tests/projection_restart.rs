@@ -16,7 +16,7 @@
 //! * every (seq, event id) the sink ever received is in the recovered log (subscribers only
 //!   see durable events), and every event of the recovered log reached the sink.
 //!
-//! `ANNAL_PROJECTION_CASES` sets the number of cases (default 24).
+//! `ANNAL_PROJECTION_CASES` sets the number of cases (default 256).
 
 use std::io;
 use std::path::Path;
@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use annal::fs::{CrashMode, LockGuard, OpenMode, SimFs, Storage, StorageFile};
 use annal::{
-    BoxError, CheckpointLoad, Delivery, EventCounts, ExpectedVersion, NewEvent, Projection,
-    ProjectionOptions, ProjectionRunner, RecordedEvent, Store, StoreOptions,
+    BoxError, CheckpointLoad, Delivery, EventCounts, ExpectedVersion, NewEvent, Options,
+    Projection, ProjectionOptions, ProjectionRunner, RecordedEvent, Store, StoreOptions,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -140,6 +140,12 @@ fn epoch() -> impl Strategy<Value = Epoch> {
         })
 }
 
+/// Small segments: quick to create on the simulated disk, and rolls happen.
+fn store_options() -> StoreOptions {
+    let log = Options { segment_bytes: 16 << 10, max_record_bytes: 4096, ..Options::default() };
+    StoreOptions { log, ..StoreOptions::default() }
+}
+
 fn options(delivery: Delivery) -> ProjectionOptions {
     ProjectionOptions {
         delivery,
@@ -169,7 +175,7 @@ fn run_case(seed: u64, epochs: &[Epoch], tally: &Tally) -> Result<(), TestCaseEr
     for (i, ep) in epochs.iter().chain(std::iter::once(&epochs[0])).enumerate() {
         let last = i == epochs.len();
         let machine = Machine::new(&sim);
-        let store = Store::open_with(machine.clone(), DIR, StoreOptions::default())
+        let store = Store::open_with(machine.clone(), DIR, store_options())
             .map_err(|e| TestCaseError::fail(format!("epoch {i}: open: {e}")))?;
         let runner = ProjectionRunner::new(store.clone());
         let counts = runner
@@ -264,7 +270,7 @@ fn run_case(seed: u64, epochs: &[Epoch], tally: &Tally) -> Result<(), TestCaseEr
 #[test]
 fn crash_and_restart_equals_a_replay_from_scratch() {
     let cases =
-        std::env::var("ANNAL_PROJECTION_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+        std::env::var("ANNAL_PROJECTION_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
     let tally = Tally::default();
     runner
