@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p annal-benches --bin projection_bench -- [--quick] [--dir PATH]
-//!     [--allow-ram] [--reps N]
+//!     [--allow-ram] [--reps N] [--only latency,catch-up,appends]
 //! ```
 //!
 //! Workloads (stores on the real disk under `--dir`, `$ANNAL_BENCH_DIR` or
@@ -35,7 +35,7 @@ use annal_benches::stats::{
     fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us, record,
 };
 
-const USAGE: &str = "usage: projection_bench [--quick] [--dir PATH] [--allow-ram] [--reps N]";
+const USAGE: &str = "usage: projection_bench [--quick] [--dir PATH] [--allow-ram] [--reps N] [--only latency,catch-up,appends]";
 const EVENT_TYPES: [&str; 4] = ["OrderPlaced", "ItemAdded", "ItemRemoved", "OrderShipped"];
 const DATA: &[u8] =
     b"{\"order\":42,\"customer\":\"cust-000042\",\"sku\":\"SKU-00042\",\"qty\":3,\"price\":1999}";
@@ -90,6 +90,7 @@ fn run(args: &[String]) -> R<()> {
     let mut dir = None;
     let mut allow_ram = false;
     let mut reps = None;
+    let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -97,6 +98,10 @@ fn run(args: &[String]) -> R<()> {
             "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a path")?)),
             "--allow-ram" => allow_ram = true,
             "--reps" => reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
+            "--only" => {
+                let list = it.next().ok_or("--only needs a list")?;
+                only = Some(list.split(',').map(str::to_string).collect());
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -135,9 +140,16 @@ fn run(args: &[String]) -> R<()> {
         machine::load(),
         args.join(" ")
     ));
-    latency(&cfg, run_dir.path(), &mut out)?;
-    catch_up(&cfg, run_dir.path(), &mut out)?;
-    appends(&cfg, run_dir.path(), &mut out)?;
+    let wanted = |w: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == w));
+    if wanted("latency") {
+        latency(&cfg, run_dir.path(), &mut out)?;
+    }
+    if wanted("catch-up") {
+        catch_up(&cfg, run_dir.path(), &mut out)?;
+    }
+    if wanted("appends") {
+        appends(&cfg, run_dir.path(), &mut out)?;
+    }
     out.push_str(&format!("\nTotal run time {:.0} s.\n", started.elapsed().as_secs_f64()));
     progress("done");
     print!("{out}");
