@@ -18,9 +18,9 @@
 //!   an `EventCounts` on the calling thread (the same work without the runner).
 //! - **durable appends with projections**: 8 threads append (`Durability::Sync`) for a slice
 //!   with no projection running, then for a slice with 4 `EventCounts` projections running
-//!   (each following the head live), in ABBA order; the ratio of the throughputs (target
-//!   >= 0.9). `--only appends-none` runs the same under `Durability::None`, where appends
-//!   cost CPU only: the CPU the projections take from the appenders (no target).
+//!   (each following the head live), in ABBA order; the ratio of the throughputs, target at
+//!   least 0.9. `--only appends-none` runs the same under `Durability::None`, where appends
+//!   cost CPU only: it shows the CPU the projections take from the appenders (no target).
 
 use std::fs;
 use std::path::{Path, PathBuf};
