@@ -141,4 +141,8 @@ fn wait_for_reads_your_own_writes() {
     ));
     counts.stop().unwrap();
     assert!(matches!(model.wait_for(10_000, WAIT), Err(Error::ProjectionStopped { .. })));
+    // Exactly-once needs a state to checkpoint.
+    let stateless = fragile("stateless", false);
+    let once = ProjectionOptions::with_delivery(Delivery::ExactlyOnce);
+    assert!(matches!(runner.spawn(stateless, once), Err(Error::ProjectionFailed { .. })));
 }

@@ -36,7 +36,8 @@ use annal_benches::stats::{
     fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us, record,
 };
 
-const USAGE: &str = "usage: projection_bench [--quick] [--dir PATH] [--allow-ram] [--reps N] [--only latency,catch-up,appends,appends-none]";
+const USAGE: &str = "usage: projection_bench [--quick] [--dir PATH] [--allow-ram] [--reps N] \
+                     [--only latency,catch-up,appends,appends-none]";
 const EVENT_TYPES: [&str; 4] = ["OrderPlaced", "ItemAdded", "ItemRemoved", "OrderShipped"];
 const DATA: &[u8] =
     b"{\"order\":42,\"customer\":\"cust-000042\",\"sku\":\"SKU-00042\",\"qty\":3,\"price\":1999}";

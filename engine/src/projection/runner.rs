@@ -221,7 +221,7 @@ impl ProjectionRunner {
     /// with `projection` as given (which should then be fresh); see
     /// [`ProjectionMetrics::checkpoint_load`]. Fails with [`Error::InvalidProjectionName`],
     /// [`Error::ProjectionExists`], or [`Error::ProjectionFailed`] if the checkpoint's state
-    /// does not restore.
+    /// does not restore or an `ExactlyOnce` projection has no `snapshot`.
     pub fn spawn<P: Projection>(
         &self,
         mut projection: P,
@@ -233,6 +233,13 @@ impl ProjectionRunner {
             return Err(Error::ProjectionExists { name });
         }
         let release = NameGuard { running: Arc::clone(&self.running), name: name.clone() };
+        if opts.delivery == Delivery::ExactlyOnce && projection.snapshot().is_none() {
+            return Err(Error::ProjectionFailed {
+                name,
+                seq: 0,
+                reason: "Delivery::ExactlyOnce needs Projection::snapshot and restore".into(),
+            });
+        }
         let log = self.store.log();
         let resume = match opts.delivery {
             Delivery::Replay => {
