@@ -9,11 +9,11 @@
 //! group is unsynced at any time under `Durability::Sync`, which is what lets recovery tell a
 //! torn tail from damage to acknowledged data (format-spec.md §7).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 
 use crate::error::{Error, Result};
 use crate::format::{FrameKind, IndexHeader, Placement, PreparedBatch, encode_marker_frame};
@@ -157,6 +157,61 @@ impl Committer {
 
     fn lock_state(&self) -> MutexGuard<'_, CommitState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The notification channel from the committer to subscribers (ARCHITECTURE.md layer
+/// `subscribe`): every time the visible end advances, the new value is offered to every
+/// registered receiver with `try_send` on a channel of capacity 1.
+///
+/// It never blocks a writer: a subscriber whose channel is full already has a wake-up
+/// pending and simply misses this value; since a subscriber reads from its own next seq up
+/// to the visible end after every wake-up, a missed value loses nothing. What is published
+/// is the visible end, which under `Durability::Sync` and `Batched` is the durable end
+/// (nothing a crash could take back) and under `Durability::None` is the written end.
+#[derive(Debug, Default)]
+pub(crate) struct Notifier {
+    subscribers: Mutex<Vec<Sender<u64>>>,
+    /// Registered subscribers, read without the lock so that a log without subscribers pays
+    /// one atomic load per group.
+    count: AtomicUsize,
+    /// Set when the log closes: later registrations get a disconnected receiver.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Notifier {
+    fn lock(&self) -> MutexGuard<'_, Vec<Sender<u64>>> {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new receiver of visible-end notifications. Disconnected once the log is closed.
+    pub(crate) fn register(&self) -> Receiver<u64> {
+        let (tx, rx) = bounded(1);
+        let mut subs = self.lock();
+        if !self.closed.load(Ordering::Acquire) {
+            subs.push(tx);
+            self.count.store(subs.len(), Ordering::Release);
+        }
+        rx
+    }
+
+    /// Offers `visible_end` to every subscriber without blocking; forgets the ones that are
+    /// gone.
+    pub(crate) fn publish(&self, visible_end: u64) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut subs = self.lock();
+        subs.retain(|tx| !matches!(tx.try_send(visible_end), Err(TrySendError::Disconnected(_))));
+        self.count.store(subs.len(), Ordering::Release);
+    }
+
+    /// Disconnects every subscriber (the log is closed: nothing more will become visible).
+    pub(crate) fn close(&self) {
+        let mut subs = self.lock();
+        self.closed.store(true, Ordering::Release);
+        subs.clear();
+        self.count.store(0, Ordering::Release);
     }
 }
 
@@ -460,14 +515,18 @@ impl Inner {
         }
     }
 
-    /// Makes what was written visible to readers according to the policy.
+    /// Makes what was written visible to readers according to the policy, and tells the
+    /// subscribers when the visible end moved (never blocking: see [`Notifier`]).
     fn publish(&self, ws: &WriterState) {
         let visible = match self.opts.durability {
             Durability::None => self.committer.written.load(Ordering::Acquire),
             _ => self.durable.load(Ordering::Acquire),
         };
-        self.visible.fetch_max(visible, Ordering::AcqRel);
+        let before = self.visible.fetch_max(visible, Ordering::AcqRel);
         debug_assert!(self.visible.load(Ordering::Acquire) <= ws.next_seq);
+        if visible > before {
+            self.heads.publish(visible);
+        }
     }
 
     /// Seals the active segment and starts a new one (format-spec.md §6.3): the old segment

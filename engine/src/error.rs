@@ -156,6 +156,45 @@ pub enum Error {
     /// The log was closed.
     #[error("log is closed")]
     Closed,
+    /// A projection name that is empty or too long.
+    #[error("invalid projection name: {reason}")]
+    InvalidProjectionName {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A projection of this name is already running in this runner.
+    #[error("projection {name:?} is already running")]
+    ProjectionExists {
+        /// The name.
+        name: String,
+    },
+    /// A projection stopped because applying an event failed or panicked, or its state could
+    /// not be restored or checkpointed.
+    #[error("projection {name:?} failed at seq {seq}: {reason}")]
+    ProjectionFailed {
+        /// The projection.
+        name: String,
+        /// The seq of the event it failed on (its position).
+        seq: u64,
+        /// The error or panic message.
+        reason: String,
+    },
+    /// A projection was stopped (or its store closed) before it reached what was waited for.
+    #[error("projection {name:?} stopped at seq {position}")]
+    ProjectionStopped {
+        /// The projection.
+        name: String,
+        /// Its position when it stopped.
+        position: u64,
+    },
+    /// A wait for a read model to reach a seq timed out.
+    #[error("timed out waiting for seq {seq}; the read model is at {position}")]
+    WaitTimedOut {
+        /// The seq waited for.
+        seq: u64,
+        /// The read model's position at the timeout.
+        position: u64,
+    },
 }
 
 /// What is wrong with corrupt bytes (see format-spec.md §7 for the recovery decisions).

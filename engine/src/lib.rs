@@ -20,11 +20,13 @@ mod commit;
 mod index;
 mod log;
 mod options;
+mod projection;
 pub mod repair;
 mod segment;
 mod snapshot;
 mod stats;
 mod streams;
+mod subscribe;
 
 pub use aggregate::{
     Aggregate, Codec, EncodedEvent, ExecuteError, Executed, JsonCodec, Loaded, Repository,
@@ -32,6 +34,11 @@ pub use aggregate::{
 };
 pub use log::{Appended, Cursor, Log, Record, RecoveryReport, TruncatedTail};
 pub use options::{Durability, Options};
+pub use projection::{
+    BoxError, CheckpointLoad, Delivery, EventCounts, Projection, ProjectionHandle,
+    ProjectionMetrics, ProjectionOptions, ProjectionRunner, ProjectionStatus, ReadModel,
+    RebuildHandle, RebuildOutcome, Verify, VerifyFn, digest_bytes,
+};
 pub use snapshot::{SetAside, SnapshotDamage, SnapshotRead, SnapshotStats, SnapshotStore};
 pub use stats::StatsSnapshot;
 pub use streams::{
@@ -40,3 +47,4 @@ pub use streams::{
 };
 #[cfg(feature = "serde")]
 pub use streams::{CAUSATION_ID, CORRELATION_ID};
+pub use subscribe::{Filter, Subscription};

@@ -92,3 +92,14 @@ pub const SNAPSHOT_FILE_BYTES_MAX: u64 = (SNAPSHOT_HEADER_BYTES
 /// a bad snapshot is left in place, ignored and reported, so a flapping disk cannot fill the
 /// directory.
 pub const SNAPSHOT_SET_ASIDE_MAX: u32 = 1000;
+/// Bytes of the fixed header of a projection checkpoint (format-spec.md §14).
+pub const PROJECTION_CHECKPOINT_HEADER_BYTES: usize = 64;
+
+/// Longest projection name, in UTF-8 bytes. A name becomes a file name with every byte
+/// outside `[A-Za-z0-9_-]` written as `%XX`, so 80 bytes stay within the 255-byte file-name
+/// limit of common file systems, suffixes included.
+pub const PROJECTION_NAME_BYTES_MAX: usize = 80;
+
+/// Largest projection state stored in a checkpoint (exactly-once projections keep their
+/// whole view there); a larger one is refused when writing and treated as damage when read.
+pub const PROJECTION_STATE_BYTES_MAX: u64 = 1 << 30;

@@ -210,6 +210,8 @@ pub(crate) struct Inner {
     /// Bytes held by the dense offsets of all segments (bounded by
     /// `Options::point_read_index_bytes`).
     pub dense_bytes: AtomicU64,
+    /// Wake-ups for subscribers when the visible end advances (see `commit::Notifier`).
+    pub heads: crate::commit::Notifier,
     /// Dropping this ends the `Batched` flusher thread.
     pub flusher_stop: std::sync::Mutex<Option<crossbeam_channel::Sender<()>>>,
     pub _lock: Option<Box<dyn LockGuard>>,
@@ -306,6 +308,7 @@ impl Log {
             opts,
             read_only: !writable,
             flusher_stop: std::sync::Mutex::new(None),
+            heads: crate::commit::Notifier::default(),
             dense_bytes: AtomicU64::new(0),
             _lock: lock,
         });
@@ -382,6 +385,25 @@ impl Log {
         self.inner.visible.load(Ordering::Acquire)
     }
 
+    /// A receiver woken whenever the visible end advances; each value is the new
+    /// [`Log::visible_end`]. This is the notification channel subscribers are built on
+    /// (`Store::subscribe` uses it).
+    ///
+    /// The channel holds one value and the writer only ever `try_send`s, so a slow receiver
+    /// never slows appends; it misses values instead. After every wake-up, read from your
+    /// own next seq up to `visible_end()` (a [`Cursor`] does): then a missed value loses
+    /// nothing, and a value for records already read costs one empty read. Register before
+    /// the first read, so nothing that becomes visible after that read goes unnoticed.
+    ///
+    /// What it publishes is the visible end: under [`Durability::Sync`] and
+    /// [`Durability::Batched`] that is the durable end, so a receiver never learns of a
+    /// record a crash could take back; under [`Durability::None`] it is the written end,
+    /// records a crash may still take back. The channel disconnects when the log is closed
+    /// (after the last records became visible).
+    pub fn subscribe_heads(&self) -> crossbeam_channel::Receiver<u64> {
+        self.inner.heads.register()
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
@@ -410,6 +432,11 @@ impl Log {
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The storage the log was opened on (for derived files such as projection checkpoints).
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
     }
 
     /// Reads record `seq`, verifying its CRC. Fails with [`Error::SeqOutOfRange`] for seqs
@@ -447,7 +474,10 @@ impl Log {
     /// active segment's index, so the next open need not scan. Later appends on any handle
     /// fail with [`Error::Closed`].
     pub fn close(self) -> Result<()> {
-        self.inner.close()
+        let closed = self.inner.close();
+        // Everything that will ever be visible is: subscribers may drain and end.
+        self.inner.heads.close();
+        closed
     }
 }
 

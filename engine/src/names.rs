@@ -20,8 +20,6 @@ pub const INDEX_EXT: &str = "idx";
 /// Middle part of the name of bytes a recovery or repair moved aside.
 pub const BROKEN_MARK: &str = "broken";
 
-/// Projection checkpoints, under the store directory.
-pub const PROJECTIONS_DIR: &str = "projections";
 /// Where `repair` keeps every byte it takes out of the store (format-spec.md §15).
 pub const QUARANTINE_DIR: &str = "quarantine";
 /// The report a repair writes into its quarantine directory.
@@ -267,6 +265,33 @@ fn parse_snapshot_name(name: &str) -> SnapshotDirEntry {
     SnapshotDirEntry::Foreign
 }
 
+/// The directory holding projection checkpoints, in a store directory.
+pub const PROJECTIONS_DIR: &str = "projections";
+/// Extension of projection checkpoint files.
+pub const PROJECTION_CHECKPOINT_EXT: &str = "ckpt";
+
+/// `<dir>/projections`.
+pub fn projections_dir(dir: &Path) -> PathBuf {
+    dir.join(PROJECTIONS_DIR)
+}
+
+/// `<encoded name>.ckpt`: the name with every byte outside `[A-Za-z0-9_-]` written as `%XX`
+/// (upper-case hex), so no name can leave its directory, hide (leading `.`) or collide with
+/// a temp file (format-spec.md §14).
+pub fn projection_checkpoint_file_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 5);
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push('.');
+    out.push_str(PROJECTION_CHECKPOINT_EXT);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +346,14 @@ mod tests {
         {
             assert_eq!(parse_snapshot_dir_entry(name), SnapshotDirEntry::Foreign, "{name}");
         }
+    }
+
+    #[test]
+    fn projection_names_are_encoded_into_one_safe_component() {
+        assert_eq!(projection_checkpoint_file_name("orders_by-day"), "orders_by-day.ckpt");
+        assert_eq!(projection_checkpoint_file_name("../x y"), "%2E%2E%2Fx%20y.ckpt");
+        assert_eq!(projection_checkpoint_file_name("é"), "%C3%A9.ckpt");
+        let long = "/".repeat(crate::limits::PROJECTION_NAME_BYTES_MAX);
+        assert!(projection_checkpoint_file_name(&long).len() + TMP_SUFFIX.len() <= 255);
     }
 }
