@@ -442,40 +442,59 @@ pub(crate) struct TailSurvey {
 pub(crate) fn survey_tail(src: &mut Source, bad_at: u64, log_tag: u64) -> io::Result<TailSurvey> {
     let mut survey = TailSurvey { nonzero_end: bad_at, ..TailSurvey::default() };
     let len = src.len();
+    let mut pos = bad_at;
+    while pos < len {
+        match survey_step(src, &mut survey, pos, len, bad_at, log_tag) {
+            Ok(next) => pos = next,
+            // The file ends before the length the source was made with: a writer gave back
+            // its preallocated space (or cut unsynced bytes) while a read-only open looked.
+            // What is past the file's end is not there to survey.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(survey)
+}
+
+/// Surveys the bytes at `pos` (a block of zeros, or up to the next aligned offset); returns
+/// where the next step starts.
+fn survey_step(
+    src: &mut Source,
+    survey: &mut TailSurvey,
+    pos: u64,
+    len: u64,
+    bad_at: u64,
+    log_tag: u64,
+) -> io::Result<u64> {
     let align = FRAME_ALIGN_BYTES as u64;
     // Preallocated space is zeros, often megabytes of it: a block of zeros holds no frame (a
     // frame's kind byte is never zero) and no non-zero byte, so it is skipped whole.
     const ZERO_BLOCK: u64 = 64 << 10;
-    let mut pos = bad_at;
-    while pos < len {
-        if pos.is_multiple_of(align)
-            && len - pos >= ZERO_BLOCK
-            && src.get(pos, ZERO_BLOCK as usize)?.iter().all(|&b| b == 0)
-        {
-            pos += ZERO_BLOCK;
-            continue;
-        }
-        let n = (len - pos).min(align) as usize;
-        if let Some(last) = src.get(pos, n)?.iter().rposition(|&b| b != 0) {
-            survey.nonzero_end = pos + last as u64 + 1;
-        }
-        let candidate = pos.is_multiple_of(align)
-            && len - pos >= FRAME_HEADER_BYTES as u64
-            && LE::read_u64(src.get(pos + 24, 8)?) == pos;
-        if candidate
-            && let Ok(f) = decode_frame_header(src.get(pos, FRAME_HEADER_BYTES)?)
-            && f.log_tag == log_tag
-        {
-            if f.kind == FrameKind::Batch {
-                survey.events += u64::from(f.count);
-            }
-            if f.synced_through > bad_at && survey.durable_proof.is_none() {
-                survey.durable_proof = Some(pos);
-            }
-        }
-        pos += n as u64;
+    if pos.is_multiple_of(align)
+        && len - pos >= ZERO_BLOCK
+        && src.get(pos, ZERO_BLOCK as usize)?.iter().all(|&b| b == 0)
+    {
+        return Ok(pos + ZERO_BLOCK);
     }
-    Ok(survey)
+    let n = (len - pos).min(align) as usize;
+    if let Some(last) = src.get(pos, n)?.iter().rposition(|&b| b != 0) {
+        survey.nonzero_end = pos + last as u64 + 1;
+    }
+    let candidate = pos.is_multiple_of(align)
+        && len - pos >= FRAME_HEADER_BYTES as u64
+        && LE::read_u64(src.get(pos + 24, 8)?) == pos;
+    if candidate
+        && let Ok(f) = decode_frame_header(src.get(pos, FRAME_HEADER_BYTES)?)
+        && f.log_tag == log_tag
+    {
+        if f.kind == FrameKind::Batch {
+            survey.events += u64::from(f.count);
+        }
+        if f.synced_through > bad_at && survey.durable_proof.is_none() {
+            survey.durable_proof = Some(pos);
+        }
+    }
+    Ok(pos + n as u64)
 }
 
 /// Copies bytes `[from, to)` of a segment into a new file beside it,
