@@ -222,9 +222,19 @@ struct Shared {
 }
 
 impl Shared {
-    /// Writes the index as of the visible end, atomically.
-    fn write_checkpoint(&self) -> Result<()> {
+    /// Writes the index as of the visible end, atomically. Fails with `Closed` once the store
+    /// is closed: a background request that comes late must not write after `close` returned
+    /// and released the writer lock. `then_close` marks the store closed in the same turn, so
+    /// that no background write can follow the closing one.
+    fn write_checkpoint(&self, then_close: bool) -> Result<()> {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        // Only checkpoint writers, which take turns here, set `closed`.
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if then_close {
+            self.closed.store(true, std::sync::atomic::Ordering::Release);
+        }
         // Only what is durable: under `Durability::None` the visible end runs ahead of it.
         let covered = self.log.durable_head().map_or(0, |h| h + 1).min(self.log.visible_end());
         let bytes = {
@@ -239,8 +249,8 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if !self.closed.load(std::sync::atomic::Ordering::Acquire) && !self.log.is_read_only() {
-            let _ = self.write_checkpoint();
+        if !self.log.is_read_only() {
+            let _ = self.write_checkpoint(false);
         }
     }
 }
@@ -351,9 +361,9 @@ impl Store {
     }
 
     /// Writes the stream-index checkpoint now (it is also written after segment rolls and
-    /// at close).
+    /// at close). Fails with [`Error::Closed`] once the store is closed.
     pub fn checkpoint(&self) -> Result<()> {
-        self.shared.write_checkpoint()
+        self.shared.write_checkpoint(false)
     }
 
     /// Asks the background checkpointer for a checkpoint if a segment was sealed since the
@@ -555,8 +565,7 @@ impl Store {
     /// Closes the store cleanly: writes the stream-index checkpoint, then closes the log
     /// (see [`Log::close`]).
     pub fn close(self) -> Result<()> {
-        let written = self.shared.write_checkpoint();
-        self.shared.closed.store(true, std::sync::atomic::Ordering::Release);
+        let written = self.shared.write_checkpoint(true);
         let closed = self.log.close();
         written.and(closed)
     }
@@ -649,7 +658,7 @@ fn spawn_checkpointer(shared: std::sync::Weak<Shared>, woken: crossbeam_channel:
         while woken.recv().is_ok() {
             let Some(shared) = shared.upgrade() else { return };
             // A failed checkpoint costs only replay time at the next open.
-            let _ = shared.write_checkpoint();
+            let _ = shared.write_checkpoint(false);
         }
     });
     // Without the thread, checkpoints are still written at close.
