@@ -316,7 +316,10 @@ fn report(r: &Result<Log, Error>, ctx: &str) -> RecoveryReport {
 }
 
 fn seq_mismatch(expected: u64, found: u64) -> impl Fn(&CorruptionKind) -> bool {
-    move |k| matches!(k, CorruptionKind::SeqMismatch { expected: e, found: f } if (*e, *f) == (expected, found))
+    move |k| match k {
+        CorruptionKind::SeqMismatch { expected: e, found: f } => (*e, *f) == (expected, found),
+        _ => false,
+    }
 }
 
 /// Checks a table S fixture against `row`, writer (`ro = false`) or read-only.
@@ -360,7 +363,10 @@ fn check_s(row: &str, fx: &SFixture, ro: bool, ctx: &str) {
             assert_eq!(log.cursor(0).filter(|x| x.is_ok()).count() as u64, e, "{ctx}: reads");
         }
         "S8" => {
-            let want = |k: &CorruptionKind| matches!(k, CorruptionKind::IncompleteSegment { end, next } if (*end, *next) == (e, n));
+            let want = |k: &CorruptionKind| match k {
+                CorruptionKind::IncompleteSegment { end, next } => (*end, *next) == (e, n),
+                _ => false,
+            };
             assert_corrupt(&r, &seg0, at, want, ctx);
         }
         "S9" | "S13" => assert_corrupt(&r, &seg0, at, seq_mismatch(e, n), ctx),
@@ -529,7 +535,10 @@ fn check_l(row: &str, fx: &LFixture, m: &Materials, ro: bool, ctx: &str) {
             assert_eq!(rep.next_seq, m.e, "{ctx}");
         }
         "L3" => {
-            let want = |k: &CorruptionKind| matches!(k, CorruptionKind::SealedTail { next_seq } if *next_seq == m.e);
+            let want = |k: &CorruptionKind| match k {
+                CorruptionKind::SealedTail { next_seq } => *next_seq == m.e,
+                _ => false,
+            };
             assert_corrupt(&r, &seg0, fx.at, want, ctx);
         }
         "L4" => {
@@ -755,7 +764,10 @@ fn table_d5_more_than_segments_max_names_is_refused() {
         } else {
             Log::open_with(storage, DIR, opts())
         };
-        let want = |k: &CorruptionKind| matches!(k, CorruptionKind::TooManySegments { count } if *count == SEGMENTS_MAX as u64 + 1);
+        let want = |k: &CorruptionKind| match k {
+            CorruptionKind::TooManySegments { count } => *count == SEGMENTS_MAX as u64 + 1,
+            _ => false,
+        };
         assert_corrupt(&r, "segments", 0, want, &format!("D5 ro={ro}"));
     }
 }
