@@ -1,4 +1,5 @@
-//! Property: once `Store::close` returns, the store writes nothing more. Its background
+//! Property: once `Store::close` returns, the store writes nothing more and its directory is
+//! free: an open right after it is not refused as `Locked`. The store's background
 //! checkpointer, woken by a segment roll just before the close, must not write `streams.ckpt`
 //! afterwards: the writer lock is released by then, so such a write could race with the next
 //! opener of the directory (in this or another process), whose own checkpoint write shares the
@@ -21,7 +22,7 @@ fn no_checkpoint_write_after_close_returns() {
         log: Options { segment_bytes: 8 << 10, max_record_bytes: 2048, ..Options::default() },
         ..StoreOptions::default()
     };
-    let mut late = Vec::new();
+    let (mut late, mut locked) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let sim = SimFs::new(round);
         let store = Store::open_with(Arc::new(sim.clone()), "/store", opts.clone()).unwrap();
@@ -35,6 +36,12 @@ fn no_checkpoint_write_after_close_returns() {
             i += 1;
         }
         store.close().unwrap();
+        // The lock is free as soon as close returns (no thread still holds the store).
+        match Store::open_with(Arc::new(sim.clone()), "/store", opts.clone()) {
+            Ok(again) => drop(again),
+            Err(annal::Error::Locked { .. }) => locked.push(round),
+            Err(e) => panic!("round {round}: reopen after close: {e}"),
+        }
         let writes = sim.write_count();
         std::thread::sleep(Duration::from_millis(2));
         if sim.write_count() != writes {
@@ -42,4 +49,5 @@ fn no_checkpoint_write_after_close_returns() {
         }
     }
     assert!(late.is_empty(), "writes after close returned in rounds {late:?} of {rounds}");
+    assert!(locked.is_empty(), "still locked after close returned in rounds {locked:?}");
 }

@@ -26,6 +26,16 @@ use std::process::Command;
 
 use annal::{Error, Log, Options};
 
+/// Serialises the tests of this file. They spawn processes (`mount`, `umount`, `sh`), and a
+/// child forked while another test's store is open holds a copy of that store's `LOCK`
+/// descriptor until it execs (close-on-exec): a reopen in that window would see its own,
+/// just-closed store as `Locked`.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A tmpfs of `size` mounted on a fresh temp directory, unmounted on drop.
 struct Tmpfs {
     dir: tempfile::TempDir,
@@ -140,6 +150,7 @@ fn reopen_and_verify(dir: &Path, opts: &Options, acked: &[Vec<u8>], ctx: &str) {
 
 #[test]
 fn full_tmpfs_with_preallocation_fails_the_roll_and_appends_resume_without_reopen() {
+    let _serial = serial();
     let Some(fs) = tmpfs_or_skip("full_tmpfs_with_preallocation") else { return };
     let opts = Options { segment_bytes: 256 << 10, max_record_bytes: 4096, ..Options::default() };
     let dir = fs.path().join("store");
@@ -171,6 +182,7 @@ fn full_tmpfs_with_preallocation_fails_the_roll_and_appends_resume_without_reope
 
 #[test]
 fn full_tmpfs_without_preallocation_poisons_and_reopen_recovers() {
+    let _serial = serial();
     let Some(fs) = tmpfs_or_skip("full_tmpfs_without_preallocation") else { return };
     // One large segment: no roll, so ENOSPC can only hit a batch write.
     let opts = Options {

@@ -29,6 +29,16 @@ use std::process::Command;
 
 use annal::{Durability, Error, ExpectedVersion, Log, NewEvent, Options, Store, StoreOptions};
 
+/// Serialises the tests of this file. They spawn processes (`mount`, `umount`, `sh`), and a
+/// child forked while another test's store is open holds a copy of that store's `LOCK`
+/// descriptor until it execs (close-on-exec): a reopen in that window would see its own,
+/// just-closed store as `Locked`.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn opts() -> StoreOptions {
     let log = Options {
         segment_bytes: 8 << 10,
@@ -145,6 +155,7 @@ fn names_the_engine_writes(scratch: &Path) -> Vec<String> {
 
 #[test]
 fn symlinks_at_the_engines_names_are_never_followed() {
+    let _serial = serial();
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let canary = root.path().join("canary");
     std::fs::create_dir(&canary).unwrap();
@@ -214,6 +225,7 @@ fn symlinks_at_the_engines_names_are_never_followed() {
 /// created outside.
 #[test]
 fn a_symlinked_segments_directory_is_refused() {
+    let _serial = serial();
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let outside = root.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -268,6 +280,7 @@ fn write_every_kind_of_file(dir: &Path) {
 
 #[test]
 fn files_are_0600_and_directories_0700_under_any_umask() {
+    let _serial = serial();
     for umask in ["000", "077", "022"] {
         let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         // Two levels the engine creates: the store directory's parent is missing too.
@@ -352,6 +365,7 @@ impl Drop for RoBind {
 
 #[test]
 fn read_only_open_works_on_a_read_only_bind_mount_and_changes_nothing() {
+    let _serial = serial();
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = root.path().join("store");
     let n = prepared(&dir);
@@ -406,6 +420,7 @@ fn open_fds() -> usize {
 
 #[test]
 fn thousands_of_junk_files_are_ignored_or_refused_without_leaking_descriptors() {
+    let _serial = serial();
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = root.path().join("store");
     let n = prepared(&dir) as u64;

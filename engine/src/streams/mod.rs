@@ -219,6 +219,9 @@ struct Shared {
     /// Serialises checkpoint writers (the background thread and `close`), which share one
     /// temp file name.
     writing: Mutex<()>,
+    /// The background checkpointer, joined by `close` so that no thread holds the store (and
+    /// with it the log's lock) once `close` returns.
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -350,8 +353,10 @@ impl Store {
             wake,
             closed: std::sync::atomic::AtomicBool::new(false),
             writing: Mutex::new(()),
+            checkpointer: Mutex::new(None),
         });
-        spawn_checkpointer(Arc::downgrade(&shared), woken);
+        let thread = spawn_checkpointer(Arc::downgrade(&shared), woken);
+        *shared.checkpointer.lock().unwrap_or_else(|e| e.into_inner()) = thread;
         Ok(Store { shared, log, index })
     }
 
@@ -566,6 +571,13 @@ impl Store {
     /// (see [`Log::close`]).
     pub fn close(self) -> Result<()> {
         let written = self.shared.write_checkpoint(true);
+        // Wake the checkpointer so that it sees `closed` and ends, and wait for it: it may
+        // hold the store, and with it the log's lock, for a moment after a late wake-up.
+        let _ = self.shared.wake.try_send(());
+        let thread = self.shared.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            let _ = t.join();
+        }
         let closed = self.log.close();
         written.and(closed)
     }
@@ -653,16 +665,22 @@ fn check_and_index(
 
 /// The background thread that writes checkpoints when asked. It holds only a weak reference
 /// and ends with the last store handle.
-fn spawn_checkpointer(shared: std::sync::Weak<Shared>, woken: crossbeam_channel::Receiver<()>) {
+fn spawn_checkpointer(
+    shared: std::sync::Weak<Shared>,
+    woken: crossbeam_channel::Receiver<()>,
+) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new().name("annal-checkpoint".into()).spawn(move || {
         while woken.recv().is_ok() {
             let Some(shared) = shared.upgrade() else { return };
+            if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             // A failed checkpoint costs only replay time at the next open.
             let _ = shared.write_checkpoint(false);
         }
     });
     // Without the thread, checkpoints are still written at close.
-    let _ = spawned;
+    spawned.ok()
 }
 
 /// Iterator over all events in global order (see [`Store::read_all`]).
