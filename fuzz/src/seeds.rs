@@ -182,3 +182,88 @@ pub fn seeds() -> Vec<Seed> {
 
     out
 }
+
+/// Seeds of the targets added with the fault-injection work: event bodies and stream
+/// checkpoints cut from a real store, and operation sequences for `ops`.
+pub fn more_seeds() -> Vec<Seed> {
+    use annal::format::EventBody;
+    use annal::{ExpectedVersion, NewEvent, Store, StoreOptions};
+    let mut out = Vec::new();
+    let mut add = |target: &'static str, name: &str, bytes: Vec<u8>| {
+        out.push(Seed { target, name: name.to_string(), bytes });
+    };
+
+    let sim = SimFs::new(11);
+    let opts = StoreOptions { log: open_dir_options(), ..StoreOptions::default() };
+    let store = Store::open_with(Arc::new(sim.clone()), STORE_DIR, opts).unwrap();
+    store
+        .append("order-1", ExpectedVersion::NoStream, &[NewEvent::new("Created", "{\"n\":1}")])
+        .unwrap();
+    let ev = NewEvent::new("Paid", vec![0xAB; 40]).with_metadata("{\"$correlationId\":\"c\"}");
+    store.append("order-1", ExpectedVersion::Exact(0), &[ev]).unwrap();
+    store.append("user-λ", ExpectedVersion::Any, &[NewEvent::new("E", Vec::new())]).unwrap();
+    let payloads: Vec<Vec<u8>> =
+        store.log().cursor(0).map(|r| r.unwrap().payload.to_vec()).collect();
+    store.close().unwrap();
+    assert_eq!(payloads.len(), 3);
+    add("event_body", "valid-created", payloads[0].clone());
+    add("event_body", "valid-with-metadata", payloads[1].clone());
+    add("event_body", "valid-unicode-stream-empty-data", payloads[2].clone());
+    let mut short = payloads[1].clone();
+    short.pop();
+    add("event_body", "invalid-short-by-one", short);
+    add("event_body", "invalid-zeros", vec![0; 32]);
+    let body = EventBody::decode(&payloads[0]).unwrap();
+    assert_eq!(body.stream_id, "order-1");
+
+    let ckpt = sim.current_bytes(Path::new(STORE_DIR).join("streams.ckpt")).unwrap();
+    add("stream_checkpoint", "valid-3-streams", ckpt.clone());
+    let mut flipped = ckpt.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    add("stream_checkpoint", "invalid-body-bit-flip", flipped);
+    add("stream_checkpoint", "invalid-zeros", vec![0; 64]);
+    // A checkpoint with many streams and recent ids, from a store that rolled.
+    let sim = SimFs::new(12);
+    let opts = StoreOptions { log: open_dir_options(), ..StoreOptions::default() };
+    let store = Store::open_with(Arc::new(sim.clone()), STORE_DIR, opts).unwrap();
+    for i in 0..60u32 {
+        let s = format!("cat{}-{}", i % 3, i % 7);
+        store.append(&s, ExpectedVersion::Any, &[NewEvent::new("T", vec![i as u8; 30])]).unwrap();
+    }
+    store.close().unwrap();
+    let ckpt = sim.current_bytes(Path::new(STORE_DIR).join("streams.ckpt")).unwrap();
+    add("stream_checkpoint", "valid-21-streams", ckpt);
+
+    // ops: control byte, extra byte, then opcodes with arguments (see targets::ops).
+    let append = |n: u8, len: u8| vec![0u8, n, len, len / 2, len / 3, len / 4];
+    let mut clean = vec![0b100, 1];
+    for i in 0..12u8 {
+        clean.extend(append(i % 4, 20 + i * 9));
+    }
+    clean.extend([10, 3, 11, 6, 10, 9]);
+    add("ops", "valid-sync-appends-close-reopen", clean.clone());
+    let mut crash = vec![0b001, 3];
+    for i in 0..10u8 {
+        crash.extend(append(i % 4, 50 + i));
+        if i % 3 == 2 {
+            crash.extend([4]);
+        }
+    }
+    crash.extend([5, 0, 10, 5]);
+    add("ops", "valid-batched-crash", crash);
+    let mut faults = vec![0b110, 0];
+    faults.extend([7, 1]);
+    for i in 0..6u8 {
+        faults.extend(append(i % 4, 90));
+    }
+    faults.extend([5, 2, 8, 0x81]);
+    faults.extend(append(2, 200));
+    faults.extend([6, 9, 3]);
+    for _ in 0..20 {
+        faults.extend(append(3, 255));
+    }
+    faults.extend([5, 1]);
+    add("ops", "valid-none-faults-full-disk", faults);
+    out
+}

@@ -294,3 +294,462 @@ pub fn open_dir(data: &[u8]) -> Outcome {
     }
     outcome
 }
+
+/// `EventBody::decode` on arbitrary bytes (format-spec.md §11). An accepted body re-encodes
+/// to exactly the input, its ids are within their limits, and its parts add up to the input.
+pub fn event_body(data: &[u8]) -> Outcome {
+    use annal::format::EventBody;
+    use annal::limits::{EVENT_HEADER_BYTES, EVENT_TYPE_BYTES_MAX, STREAM_ID_BYTES_MAX};
+    let Ok(body) = EventBody::decode(data) else {
+        // The cheaper stream-id-only decode agrees with the full one.
+        assert!(EventBody::decode_stream_id(data).is_err(), "stream id decoded alone");
+        return Outcome::Rejected;
+    };
+    assert!((1..=STREAM_ID_BYTES_MAX).contains(&body.stream_id.len()));
+    assert!((1..=EVENT_TYPE_BYTES_MAX).contains(&body.event_type.len()));
+    assert_eq!(body.encoded_len(), data.len());
+    assert!(data.len() >= EVENT_HEADER_BYTES);
+    assert_eq!(EventBody::decode_stream_id(data), Ok(body.stream_id));
+    let mut out = Vec::new();
+    body.encode_into(&mut out);
+    assert_eq!(out, data, "event body re-encodes differently");
+    Outcome::Accepted
+}
+
+/// Rewrites a would-be checkpoint's `body_bytes`, `body_crc` and header `crc` (and, if
+/// `log_id` is given, its log id) so that they are consistent: the fuzzer then reaches the
+/// body's structure instead of stopping at a checksum. Shorter inputs are returned as they are.
+pub fn fix_checkpoint(data: &[u8], log_id: Option<[u8; 16]>) -> Vec<u8> {
+    use annal::limits::CHECKPOINT_HEADER_BYTES;
+    let mut out = data.to_vec();
+    if out.len() < CHECKPOINT_HEADER_BYTES {
+        return out;
+    }
+    if let Some(id) = log_id {
+        out[16..32].copy_from_slice(&id);
+    }
+    let body_len = (out.len() - CHECKPOINT_HEADER_BYTES) as u64;
+    out[40..48].copy_from_slice(&body_len.to_le_bytes());
+    let body_crc = annal::format::crc32(&out[CHECKPOINT_HEADER_BYTES..]);
+    out[48..52].copy_from_slice(&body_crc.to_le_bytes());
+    let crc = annal::format::crc32(&out[..60]);
+    out[60..64].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a checkpoint and checks what an accepted one promises (format-spec.md §12).
+fn check_checkpoint(data: &[u8]) -> Outcome {
+    use annal::format::StreamCheckpoint;
+    let Ok(ck) = StreamCheckpoint::decode(data) else { return Outcome::Rejected };
+    assert_eq!(ck.encode(), data, "checkpoint re-encodes differently");
+    for s in &ck.streams {
+        assert!(!s.id.is_empty());
+        assert!(s.seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing");
+        assert!(s.seqs.iter().all(|&q| q < ck.covered_seq), "seq at or past covered_seq");
+    }
+    for r in &ck.recent {
+        let s = &ck.streams[r.stream as usize];
+        assert_eq!(s.seqs[r.version as usize], r.seq, "recent id names no indexed event");
+    }
+    Outcome::Accepted
+}
+
+/// The files of a small closed store (three streams, one roll) and its log id: the store the
+/// `stream_checkpoint` target opens with a fuzzed checkpoint. Built once per process.
+/// A store's files (name relative to the store directory, bytes) and its log id.
+type StoreFiles = (Vec<(String, Vec<u8>)>, [u8; 16]);
+
+fn checkpoint_store() -> &'static StoreFiles {
+    use annal::fs::Storage;
+    use annal::{ExpectedVersion, NewEvent, Store, StoreOptions};
+    static STORE: std::sync::OnceLock<StoreFiles> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| {
+        let sim = SimFs::new(7);
+        let opts = StoreOptions { log: open_dir_options(), ..StoreOptions::default() };
+        let store = Store::open_with(Arc::new(sim.clone()), STORE_DIR, opts).unwrap();
+        for i in 0..40u32 {
+            let stream = ["order-1", "order-2", "user-7"][i as usize % 3];
+            let ev = NewEvent::new("Happened", format!("event {i} ").repeat(i as usize % 9 + 1));
+            store.append(stream, ExpectedVersion::Any, &[ev]).unwrap();
+        }
+        let log_id = store.log().log_id();
+        store.close().unwrap();
+        let seg_dir = Path::new(STORE_DIR).join("segments");
+        let mut files = Vec::new();
+        let mut names = sim.read_dir(&seg_dir).unwrap();
+        names.sort();
+        for n in names {
+            let bytes = sim.current_bytes(seg_dir.join(&n)).unwrap();
+            files.push((format!("segments/{n}"), bytes));
+        }
+        files.push(("LOCK".into(), Vec::new()));
+        (files, log_id)
+    })
+}
+
+/// The stream checkpoint `streams.ckpt` (format-spec.md §12): `StreamCheckpoint::decode` on
+/// the input as it is, then on the input with its lengths and checksums made consistent (see
+/// [`fix_checkpoint`]). An accepted checkpoint re-encodes exactly. Then the fixed input, with
+/// the log id of a small real store, is planted as that store's checkpoint and the store is
+/// opened and read: a checkpoint is a cache whose content is not cross-checked against the
+/// log (§12 "Not checked"), so a lying one may give wrong stream reads, but never a panic,
+/// a hang or an unbounded allocation, and the log itself (`read_all`) stays intact.
+pub fn stream_checkpoint(data: &[u8]) -> Outcome {
+    use annal::{CheckpointState, Direction, ExpectedVersion, NewEvent, Store, StoreOptions};
+    let outcome = check_checkpoint(data);
+    check_checkpoint(&fix_checkpoint(data, None));
+    let (files, log_id) = checkpoint_store();
+    let planted = fix_checkpoint(data, Some(*log_id));
+    let sim = SimFs::new(0);
+    let dir = Path::new(STORE_DIR);
+    for (name, bytes) in files {
+        sim.write_file_raw(dir.join(name), bytes).unwrap();
+    }
+    sim.write_file_raw(dir.join("streams.ckpt"), &planted).unwrap();
+    let opts = StoreOptions { log: open_dir_options(), ..StoreOptions::default() };
+    let store = match Store::open_with(Arc::new(sim.clone()), STORE_DIR, opts) {
+        Ok(s) => s,
+        // Replay after a checkpoint that lies about covered events may meet a record it
+        // cannot place; an error is an acceptable answer to a lying cache.
+        Err(_) => return outcome,
+    };
+    let loaded = matches!(store.recovery().checkpoint, CheckpointState::Loaded { .. });
+    let mut n = 0u64;
+    for rec in store.log().cursor(0) {
+        let rec = rec.unwrap_or_else(|e| panic!("the log went bad under a checkpoint: {e}"));
+        assert_eq!(rec.seq, n);
+        n += 1;
+    }
+    assert_eq!(n, 40, "the log lost records");
+    // With a lying index an event may be reported as "not in the index": an error, not a
+    // panic.
+    for ev in store.read_all(0) {
+        if !loaded {
+            ev.unwrap_or_else(|e| panic!("read_all after a full replay: {e}"));
+        }
+    }
+    for s in store.streams() {
+        for dir in [Direction::Forward, Direction::Backward] {
+            let _ = store.read_stream(&s, 0, dir, 64);
+        }
+        let _ = store.read_stream_as_of(&s, 20);
+        let _ = store.stream_version(&s);
+    }
+    for cat in ["order", "user", "x"] {
+        let _ = store.read_category(cat, 0, 64);
+    }
+    let _ = store.append("order-1", ExpectedVersion::Any, &[NewEvent::new("Again", "x")]);
+    if !loaded {
+        // A rejected checkpoint means a full replay: the index is exactly the log's.
+        assert_eq!(store.streams(), ["order-1", "order-2", "user-7"]);
+    }
+    let _ = store.close();
+    outcome
+}
+
+/// Reads bytes of an `ops` input; past its end every read is 0.
+struct OpReader<'a>(&'a [u8]);
+
+impl OpReader<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Most operations one `ops` input runs, so that one execution stays short.
+pub const OPS_MAX: usize = 64;
+
+/// Payload `j` of the `n` of append number `idx`: its own name, then `len` filler bytes.
+fn ops_payload(idx: usize, j: usize, n: usize, len: usize) -> Vec<u8> {
+    let mut p = format!("{idx}.{j}.{n}:").into_bytes();
+    p.extend((0..len).map(|k| (idx * 31 + j * 7 + k) as u8));
+    p
+}
+
+fn parse_ops_payload(p: &[u8]) -> Option<(usize, usize, usize)> {
+    let colon = p.iter().position(|&b| b == b':')?;
+    let name = std::str::from_utf8(&p[..colon]).ok()?;
+    let mut it = name.split('.').map(|x| x.parse::<usize>().ok());
+    let (idx, j, n) = (it.next()??, it.next()??, it.next()??);
+    let len = p.len() - colon - 1;
+    (it.next().is_none() && ops_payload(idx, j, n, len) == p).then_some((idx, j, n))
+}
+
+/// What the `ops` oracle knows about the log.
+#[derive(Default)]
+struct OpsModel {
+    /// Records certainly in the log, seqs `0..len`: what the last open recovered (a writer's
+    /// open makes all of it durable) plus acknowledged records once `durable_head` covered them.
+    durable: Vec<Vec<u8>>,
+    /// Records acknowledged in this session and not yet covered by `durable_head`, by seq.
+    acked: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Payloads of every append attempted, by append number.
+    attempted: Vec<Vec<Vec<u8>>>,
+    /// A fault was armed since the last open: errors are allowed from here on.
+    tainted: bool,
+}
+
+impl OpsModel {
+    /// Moves acknowledged records that `durable_head` now covers into `durable`.
+    fn advance(&mut self, log: &Log) {
+        let head = log.durable_head().map_or(0, |h| h + 1);
+        while (self.durable.len() as u64) < head {
+            let seq = self.durable.len() as u64;
+            let Some(p) = self.acked.remove(&seq) else {
+                // Only acknowledged records become durable in a session, in order.
+                panic!("durable_head {head} covers seq {seq}, which was never acknowledged");
+            };
+            self.durable.push(p);
+        }
+    }
+
+    /// What the model says is at `seq`, if it knows.
+    fn known(&self, seq: u64) -> Option<&Vec<u8>> {
+        self.durable.get(seq as usize).or_else(|| self.acked.get(&seq))
+    }
+
+    /// Checks the records of a freshly opened log against the model and makes them the new
+    /// durable prefix. `exact`: a clean close preceded the open, so nothing may be missing.
+    fn recovered(&mut self, log: &Log, exact: bool, ctx: &str) {
+        let mut recs: Vec<Vec<u8>> = Vec::new();
+        for r in log.cursor(0) {
+            let r = r.unwrap_or_else(|e| panic!("{ctx}: read after reopen: {e}"));
+            assert_eq!(r.seq, recs.len() as u64, "{ctx}: cursor seqs not dense");
+            recs.push(r.payload.to_vec());
+        }
+        assert_eq!(log.visible_end(), recs.len() as u64, "{ctx}: cursor ended early");
+        for (seq, p) in self.durable.iter().enumerate() {
+            assert_eq!(recs.get(seq), Some(p), "{ctx}: durable seq {seq} lost or changed");
+        }
+        if exact {
+            for (&seq, p) in &self.acked {
+                assert_eq!(recs.get(seq as usize), Some(p), "{ctx}: acked seq {seq} after close");
+            }
+            let want = self.durable.len() + self.acked.len();
+            assert_eq!(recs.len(), want, "{ctx}: a clean close kept more or fewer records");
+        }
+        // Everything recovered was attempted, once, intact, with its batch whole and in order.
+        let mut seen = std::collections::HashSet::new();
+        let mut at = 0usize;
+        while at < recs.len() {
+            let Some((idx, j, n)) = parse_ops_payload(&recs[at]) else {
+                panic!("{ctx}: seq {at} holds bytes never written");
+            };
+            assert_eq!(j, 0, "{ctx}: seq {at} starts in the middle of batch {idx}");
+            let batch = self.attempted.get(idx).unwrap_or_else(|| panic!("{ctx}: batch {idx}"));
+            assert_eq!(batch.len(), n, "{ctx}");
+            assert!(seen.insert(idx), "{ctx}: batch {idx} recovered twice");
+            for (k, p) in batch.iter().enumerate() {
+                assert_eq!(recs.get(at + k), Some(p), "{ctx}: batch {idx} torn at seq {at}");
+            }
+            at += n;
+        }
+        self.durable = recs;
+        self.acked.clear();
+        self.tainted = false;
+    }
+}
+
+/// Options of the `ops` target from its control byte.
+fn ops_options(control: u8, extra: u8) -> Options {
+    let durability = match control & 0b11 {
+        1 => annal::Durability::Batched {
+            max_delay: std::time::Duration::from_secs(3600),
+            max_bytes: 64 * (1 + u64::from(extra)),
+        },
+        2 => annal::Durability::None,
+        _ => annal::Durability::Sync,
+    };
+    Options {
+        segment_bytes: SEGMENT_BYTES_MIN,
+        max_record_bytes: 512,
+        index_interval_bytes: 256,
+        durability,
+        preallocate: control & 0b100 != 0,
+        ..Options::default()
+    }
+}
+
+/// End to end: a `Log` on a `SimFs` driven by a fuzzed sequence of operations (appends of
+/// assorted batches, syncs, clean close and reopen, power loss in every crash mode, injected
+/// fsync and write failures, a full disk, point reads, a read-only open beside the writer),
+/// checked against a model after every step (RELIABILITY.md's crash oracle):
+///
+/// - without an injected fault since the last open, every operation succeeds;
+/// - a point read returns what the model says is at that seq;
+/// - `durable_head` only ever covers acknowledged records (and, under `Sync`, covers every
+///   acknowledged one at once);
+/// - after any reopen: every durable record is there, unchanged; everything recovered was
+///   attempted, exactly once, with its batch whole; seqs are dense; after a clean close
+///   nothing acknowledged is missing. A reopen may fail only while an injected fault is
+///   still armed; after clearing faults and another power loss it must succeed.
+///
+/// Input: a control byte (bits 0-1 durability: Sync, Batched, None, Sync; bit 2 preallocate),
+/// a byte for the SimFs seed and the Batched byte threshold, then operations, one opcode byte
+/// each followed by its argument bytes (see the match below).
+pub fn ops(data: &[u8]) -> Outcome {
+    use annal::fs::{CrashMode, Storage};
+    let mut input = OpReader(data);
+    let control = input.u8();
+    let extra = input.u8();
+    let opts = ops_options(control, extra);
+    let is_sync = opts.durability == annal::Durability::Sync;
+    let sim = SimFs::new(u64::from(extra) | u64::from(control) << 8);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let open =
+        |storage: &Arc<dyn Storage>| Log::open_with(Arc::clone(storage), STORE_DIR, opts.clone());
+    let mut log = open(&storage).expect("a fresh store opens");
+    let mut m = OpsModel::default();
+    let mut step = 0usize;
+    // `ANNAL_OPS_DEBUG=1` prints each operation (for replaying a finding).
+    let debug = std::env::var_os("ANNAL_OPS_DEBUG").is_some();
+    while !input.done() && step < OPS_MAX {
+        step += 1;
+        let ctx = format!("op {step}");
+        let op = input.u8() % 12;
+        if debug {
+            eprintln!("{ctx}: opcode {op}, rest {:?}", &input.0[..input.0.len().min(8)]);
+        }
+        match op {
+            // Append a batch of 1-4 records of 0-255 filler bytes each.
+            0..=3 => {
+                let n = 1 + usize::from(input.u8() % 4);
+                let idx = m.attempted.len();
+                let batch: Vec<Vec<u8>> =
+                    (0..n).map(|j| ops_payload(idx, j, n, usize::from(input.u8()))).collect();
+                m.attempted.push(batch.clone());
+                match log.append(&batch) {
+                    Ok(a) => {
+                        assert_eq!(a.count as usize, n, "{ctx}");
+                        let expect = (m.durable.len() + m.acked.len()) as u64;
+                        assert_eq!(
+                            a.first, expect,
+                            "{ctx}: append got seq {} not {expect}",
+                            a.first
+                        );
+                        for (k, p) in batch.into_iter().enumerate() {
+                            m.acked.insert(a.first + k as u64, p);
+                        }
+                        if is_sync {
+                            let head = log.durable_head().map_or(0, |h| h + 1);
+                            assert!(head >= a.first + n as u64, "{ctx}: Sync ack not durable");
+                        }
+                    }
+                    Err(e) => assert!(m.tainted, "{ctx}: append failed without a fault: {e}"),
+                }
+            }
+            4 => {
+                if let Err(e) = log.sync() {
+                    assert!(m.tainted, "{ctx}: sync failed without a fault: {e}");
+                }
+            }
+            // Power loss, in one of the three crash modes.
+            5 => {
+                let mode = match input.u8() % 3 {
+                    0 => CrashMode::Random,
+                    1 => CrashMode::KeepAll,
+                    _ => CrashMode::DropAll,
+                };
+                sim.crash_with(mode);
+                drop(log);
+                log = match open(&storage) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        assert!(m.tainted, "{ctx}: reopen after power loss failed: {e}");
+                        // A fault still armed hit the recovery itself: clear it, lose power
+                        // again, and recovery must succeed now.
+                        sim.clear_faults();
+                        sim.crash();
+                        open(&storage).unwrap_or_else(|e| panic!("{ctx}: second reopen: {e}"))
+                    }
+                };
+                // Faults armed but not hit by the recovery are dropped: the model starts
+                // again from a store without faults.
+                sim.clear_faults();
+                m.recovered(&log, false, &ctx);
+            }
+            // Clean close and reopen (in-process: the page cache survives).
+            6 => {
+                let closed = log.close();
+                if debug {
+                    eprintln!("{ctx}: close: {closed:?}");
+                }
+                if let Err(e) = &closed {
+                    assert!(m.tainted, "{ctx}: close failed without a fault: {e}");
+                } else {
+                    // A clean close makes everything acknowledged durable.
+                    let acked = std::mem::take(&mut m.acked);
+                    m.durable.extend(acked.into_values());
+                }
+                sim.clear_faults();
+                if m.tainted {
+                    // A failed directory fsync shut the simulated file system down until the
+                    // next crash; a crash that keeps everything is the in-process reopen's
+                    // equivalent.
+                    sim.crash_with(CrashMode::KeepAll);
+                }
+                log = open(&storage).unwrap_or_else(|e| panic!("{ctx}: reopen after close: {e}"));
+                m.recovered(&log, closed.is_ok(), &ctx);
+            }
+            7 => {
+                m.tainted = true;
+                sim.fail_sync_at(u64::from(input.u8() % 8));
+            }
+            8 => {
+                m.tainted = true;
+                let arg = input.u8();
+                sim.fail_write_at(u64::from(arg % 8), arg & 0x80 != 0);
+            }
+            9 => {
+                m.tainted = true;
+                sim.set_capacity(Some(sim.used_bytes() + 64 * u64::from(input.u8())));
+            }
+            // Point read of a visible seq.
+            10 => {
+                let end = log.visible_end();
+                if end > 0 {
+                    let seq = u64::from(input.u8()) * 7 % end;
+                    match log.read(seq) {
+                        Ok(r) => {
+                            let want = m.known(seq).unwrap_or_else(|| {
+                                panic!("{ctx}: seq {seq} is visible but was never acknowledged")
+                            });
+                            assert_eq!(&r.payload[..], &want[..], "{ctx}: read of seq {seq}");
+                        }
+                        Err(e) => assert!(m.tainted, "{ctx}: read of seq {seq}: {e}"),
+                    }
+                }
+            }
+            // A read-only open beside the writer sees a prefix of what the writer wrote.
+            _ => match Log::open_read_only_with(Arc::clone(&storage), STORE_DIR, opts.clone()) {
+                Ok(ro) => {
+                    for r in ro.cursor(0) {
+                        let Ok(r) = r else { break };
+                        if let Some(want) = m.known(r.seq) {
+                            assert_eq!(&r.payload[..], &want[..], "{ctx}: read-only seq {}", r.seq);
+                        }
+                    }
+                }
+                Err(e) => assert!(m.tainted, "{ctx}: read-only open failed: {e}"),
+            },
+        }
+        m.advance(&log);
+    }
+    // Finally: lose power and check once more.
+    sim.clear_faults();
+    sim.crash();
+    drop(log);
+    let log = open(&storage).unwrap_or_else(|e| panic!("final reopen failed: {e}"));
+    m.recovered(&log, false, "final");
+    Outcome::Accepted
+}

@@ -86,7 +86,8 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>>;
     /// Creates `path` and its missing parents, with mode 0700 for new directories.
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
-    /// The names of the entries of directory `path` (not sorted, no `.` or `..`).
+    /// The names of the entries of directory `path` (not sorted, no `.` or `..`). Fails if
+    /// `path` itself is a symbolic link: the engine lists only directories it owns.
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Atomically renames `from` to `to`, replacing `to` if it exists.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;

@@ -92,12 +92,27 @@ impl Storage for StdFs {
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        use rustix::fs::{Dir, Mode, OFlags};
+        // The directories the engine lists are its own (`segments/`): a symlink planted there
+        // would send every segment, index and temp file outside the store, so it is refused
+        // (ELOOP), as at every file name the engine owns.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
+            let err = io::Error::from(e);
+            if e == rustix::io::Errno::LOOP {
+                return io::Error::new(err.kind(), "is a symbolic link, which is not followed");
+            }
+            err
+        })?;
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(path)? {
-            let entry = entry?;
+        for entry in Dir::read_from(&fd)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
             // Names that are not UTF-8 cannot be the engine's own; report them lossily so
             // that callers can flag them as foreign.
-            names.push(entry.file_name().to_string_lossy().into_owned());
+            names.push(String::from_utf8_lossy(&name).into_owned());
         }
         Ok(names)
     }

@@ -219,12 +219,25 @@ struct Shared {
     /// Serialises checkpoint writers (the background thread and `close`), which share one
     /// temp file name.
     writing: Mutex<()>,
+    /// The background checkpointer, joined by `close` so that no thread holds the store (and
+    /// with it the log's lock) once `close` returns.
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Shared {
-    /// Writes the index as of the visible end, atomically.
-    fn write_checkpoint(&self) -> Result<()> {
+    /// Writes the index as of the visible end, atomically. Fails with `Closed` once the store
+    /// is closed: a background request that comes late must not write after `close` returned
+    /// and released the writer lock. `then_close` marks the store closed in the same turn, so
+    /// that no background write can follow the closing one.
+    fn write_checkpoint(&self, then_close: bool) -> Result<()> {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        // Only checkpoint writers, which take turns here, set `closed`.
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if then_close {
+            self.closed.store(true, std::sync::atomic::Ordering::Release);
+        }
         // Only what is durable: under `Durability::None` the visible end runs ahead of it.
         let covered = self.log.durable_head().map_or(0, |h| h + 1).min(self.log.visible_end());
         let bytes = {
@@ -239,8 +252,8 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if !self.closed.load(std::sync::atomic::Ordering::Acquire) && !self.log.is_read_only() {
-            let _ = self.write_checkpoint();
+        if !self.log.is_read_only() {
+            let _ = self.write_checkpoint(false);
         }
     }
 }
@@ -340,8 +353,10 @@ impl Store {
             wake,
             closed: std::sync::atomic::AtomicBool::new(false),
             writing: Mutex::new(()),
+            checkpointer: Mutex::new(None),
         });
-        spawn_checkpointer(Arc::downgrade(&shared), woken);
+        let thread = spawn_checkpointer(Arc::downgrade(&shared), woken);
+        *shared.checkpointer.lock().unwrap_or_else(|e| e.into_inner()) = thread;
         Ok(Store { shared, log, index })
     }
 
@@ -351,9 +366,9 @@ impl Store {
     }
 
     /// Writes the stream-index checkpoint now (it is also written after segment rolls and
-    /// at close).
+    /// at close). Fails with [`Error::Closed`] once the store is closed.
     pub fn checkpoint(&self) -> Result<()> {
-        self.shared.write_checkpoint()
+        self.shared.write_checkpoint(false)
     }
 
     /// Asks the background checkpointer for a checkpoint if a segment was sealed since the
@@ -555,8 +570,14 @@ impl Store {
     /// Closes the store cleanly: writes the stream-index checkpoint, then closes the log
     /// (see [`Log::close`]).
     pub fn close(self) -> Result<()> {
-        let written = self.shared.write_checkpoint();
-        self.shared.closed.store(true, std::sync::atomic::Ordering::Release);
+        let written = self.shared.write_checkpoint(true);
+        // Wake the checkpointer so that it sees `closed` and ends, and wait for it: it may
+        // hold the store, and with it the log's lock, for a moment after a late wake-up.
+        let _ = self.shared.wake.try_send(());
+        let thread = self.shared.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            let _ = t.join();
+        }
         let closed = self.log.close();
         written.and(closed)
     }
@@ -644,16 +665,22 @@ fn check_and_index(
 
 /// The background thread that writes checkpoints when asked. It holds only a weak reference
 /// and ends with the last store handle.
-fn spawn_checkpointer(shared: std::sync::Weak<Shared>, woken: crossbeam_channel::Receiver<()>) {
+fn spawn_checkpointer(
+    shared: std::sync::Weak<Shared>,
+    woken: crossbeam_channel::Receiver<()>,
+) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new().name("annal-checkpoint".into()).spawn(move || {
         while woken.recv().is_ok() {
             let Some(shared) = shared.upgrade() else { return };
+            if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             // A failed checkpoint costs only replay time at the next open.
-            let _ = shared.write_checkpoint();
+            let _ = shared.write_checkpoint(false);
         }
     });
     // Without the thread, checkpoints are still written at close.
-    let _ = spawned;
+    spawned.ok()
 }
 
 /// Iterator over all events in global order (see [`Store::read_all`]).
