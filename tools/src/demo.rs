@@ -677,23 +677,38 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
     // 4. Snapshots.
     writeln!(out, "\n4. snapshots (an account is snapshotted every 50 events)")?;
     bank.accounts.flush_snapshots();
-    let busiest = (0..cfg.accounts)
+    // The busiest account that has a snapshot (a snapshot request is dropped when the
+    // background writer's queue is full, so the very busiest may have none yet).
+    let mut by_events: Vec<(u64, String)> = (0..cfg.accounts)
         .map(account_id)
-        .max_by_key(|id| store.stream_version(&bank.accounts.stream_id(id)))
-        .unwrap_or_else(|| account_id(0));
+        .map(|id| (store.stream_version(&bank.accounts.stream_id(&id)).unwrap_or(0) + 1, id))
+        .collect();
+    by_events.sort_unstable_by(|x, y| y.cmp(x));
+    let mut found = None;
+    for (_, id) in &by_events {
+        let loaded = bank.accounts.load(id)?;
+        if let SnapshotUse::Used { version } = loaded.snapshot {
+            found = Some((id.clone(), version));
+            break;
+        }
+    }
+    let Some((busiest, version)) = found else {
+        let most = by_events.first().map_or(0, |b| b.0);
+        return Err(failed(format!(
+            "no account has a snapshot (the busiest has {most} events; one is taken every 50): \
+             run with more --commands"
+        )));
+    };
     let (from_snapshot, loaded) = timed(LOAD_REPEATS, || Ok(bank.accounts.load(&busiest)?))?;
     let (from_start, replayed) = timed(LOAD_REPEATS, || Ok(bank.accounts.replay(&busiest)?))?;
     if loaded.state != replayed.state {
         return Err(failed(format!("{busiest}: the snapshot load differs from a full replay")));
     }
-    let used = match &loaded.snapshot {
-        SnapshotUse::Used { version } => format!("its snapshot at version {version}"),
-        other => return Err(failed(format!("{busiest} was loaded without a snapshot: {other:?}"))),
-    };
+    let used = format!("its snapshot at version {version}");
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     writeln!(
         out,
-        "   busiest account {busiest}: {} events\n   load from {used} + {} events: {:.0} us; \
+        "   busiest account with a snapshot, {busiest}: {} events\n   load from {used} + {} events: {:.0} us; \
          full replay of {} events: {:.0} us ({:.1}x faster); same state",
         grouped(replayed.replayed),
         loaded.replayed,
