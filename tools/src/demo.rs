@@ -497,6 +497,7 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
         commands: cfg.commands.max(1),
         ..cfg.clone()
     };
+    let run_started = Instant::now();
     let (dir, note) = choose_dir(&cfg.dir)?;
     let shown = escape::path(&dir);
     writeln!(out, "annal demo: an event-sourced bank on a fresh store in {shown}")?;
@@ -572,7 +573,7 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
     let seen = model.read(|m| m.balance(&a));
     writeln!(
         out,
-        "   deposit 25 into {a}           -> accepted at seq {seq}; read your write: \
+        "   deposit 25 into {a}           -> accepted at seq {seq}\n   read your write: \
          wait_for({seq}) took {:.2} ms, the read model shows {}",
         waited.as_secs_f64() * 1e3,
         seen.map_or_else(|| "nothing".into(), grouped)
@@ -621,8 +622,8 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
     )?;
     writeln!(
         out,
-        "   deposits {}, withdrawals {} (+{} rejected: insufficient funds), transfers {} ({} \
-         failed: insufficient funds)",
+        "   deposits {}, withdrawals {} (+{} rejected: insufficient funds),\n   transfers {} \
+         ({} failed: insufficient funds)",
         grouped(get(&tally.deposits)),
         grouped(get(&tally.withdrawals)),
         grouped(get(&tally.overdrafts)),
@@ -632,8 +633,8 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
     let retries = get(&tally.retries) + bank.transfer_retries();
     writeln!(
         out,
-        "   optimistic concurrency: {} conflicts, each retried on the reloaded aggregate ({} in \
-         deposits/withdrawals, {} in transfer steps); {} gave up",
+        "   optimistic concurrency: {} conflicts, each retried on the reloaded aggregate\n   \
+         ({} in deposits/withdrawals, {} in transfer steps); {} gave up",
         grouped(retries),
         grouped(get(&tally.retries)),
         grouped(bank.transfer_retries()),
@@ -641,14 +642,14 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
     )?;
     writeln!(
         out,
-        "   execute latency (deposit/withdraw, until durable, retries included): p50 {:.2} ms, \
-         p99 {:.2} ms",
+        "   execute latency (deposit/withdraw, until durable, retries included):\n     p50 \
+         {:.2} ms, p99 {:.2} ms",
         ms(percentile(&execute, 50.0)),
         ms(percentile(&execute, 99.0))
     )?;
     writeln!(
         out,
-        "   transfer latency (4 to 5 commands on 3 aggregates): p50 {:.2} ms, p99 {:.2} ms",
+        "   transfer latency (4 to 5 commands on 3 aggregates):\n     p50 {:.2} ms, p99 {:.2} ms",
         ms(percentile(&transfer, 50.0)),
         ms(percentile(&transfer, 99.0))
     )?;
@@ -708,8 +709,8 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     writeln!(
         out,
-        "   busiest account with a snapshot, {busiest}: {} events\n   load from {used} + {} events: {:.0} us; \
-         full replay of {} events: {:.0} us ({:.1}x faster); same state",
+        "   busiest account with a snapshot, {busiest}: {} events\n   load from {used} + {} \
+         events: {:.0} us\n   full replay of {} events: {:.0} us ({:.1}x the time); same state",
         grouped(replayed.replayed),
         loaded.replayed,
         us(from_snapshot),
@@ -721,7 +722,7 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
         (bank.accounts.snapshots().stats(), bank.transfers.snapshots().stats());
     writeln!(
         out,
-        "   (median of {LOAD_REPEATS} loads each) snapshots written: {} of accounts, {} of \
+        "   (medians of {LOAD_REPEATS} loads each)\n   snapshots written: {} of accounts, {} of \
          finished transfers; {} failed, {} set aside",
         grouped(accounts.written),
         grouped(transfers.written),
@@ -773,8 +774,8 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
             writeln!(
                 out,
                 "   verified and swapped in at seq {}: digests equal\n   {} events replayed in \
-                 {:.3} s = {} events/s; meanwhile {} deposits were executed and queries served \
-                 by the old view",
+                 {:.3} s = {} events/s\n   meanwhile {} deposits were executed and queries \
+                 were served by the old view",
                 grouped(position),
                 grouped(replayed),
                 took.as_secs_f64(),
@@ -801,7 +802,8 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoSummary, DemoErr
     if verdict != Verdict::Ok {
         return Err(failed("annal inspect found problems in the store"));
     }
-    writeln!(out, "\ncheck it:   cargo run --release -p annal-tools -- verify --dir {shown}")?;
+    writeln!(out, "\ndemo finished in {:.1} s", run_started.elapsed().as_secs_f64())?;
+    writeln!(out, "check it:   cargo run --release -p annal-tools -- verify --dir {shown}")?;
     Ok(DemoSummary { dir, commands, retries, total_money, rebuilt_at })
 }
 
@@ -857,8 +859,8 @@ fn conservation(
     }
     writeln!(
         out,
-        "     every account's read-model balance equals its aggregate's; transfers moved money, \
-         created none"
+        "     every account's read-model balance equals its aggregate's:\n     transfers \
+         moved money and created none"
     )?;
     Ok(total)
 }
