@@ -113,7 +113,7 @@ fn demo_runs_the_bank_end_to_end_and_verifies_its_own_store() {
         "read your write: wait_for(",
         "2. 4 threads x 300 commands",
         "optimistic concurrency: ",
-        "execute latency (deposit/withdraw, until durable, retries included): p50 ",
+        "execute latency (deposit/withdraw, until durable, retries included):\n     p50 ",
         "3. queries are served from the read model",
         "money conservation: ok",
         "4. snapshots",
