@@ -186,30 +186,28 @@ fn demo_refuses_a_directory_that_is_not_empty_or_a_demo_store() {
     assert_eq!(log.recovery_report().next_seq, 3, "the demo appended to someone's store");
 }
 
+/// Runs the small demo with `fault` injected in `dir`: exit code, stdout, stderr.
+fn demo_with_fault(dir: &Path, fault: &str) -> (Option<i32>, String, String) {
+    let mut args = DEMO.to_vec();
+    args.extend(["--inject-fault", fault]);
+    let o = annal(&args, Some(dir));
+    (o.status.code(), stdout(&o), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
 #[test]
 fn demo_exits_1_when_its_checks_fail() {
     let tmp = tempfile::tempdir().unwrap();
     // The live projection counts one deposit twice: conservation must catch it.
-    let dir = tmp.path().join("projection");
-    let mut args = DEMO.to_vec();
-    args.extend(["--inject-fault", "projection"]);
-    let o = annal(&args, Some(&dir));
-    let text = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    let (code, text, err) = demo_with_fault(&tmp.path().join("projection"), "projection");
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("money conservation: FAILED"), "{text}");
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("money is not conserved"), "{err}");
 
     // The rebuilt projection is one unit off: verification must refuse the swap.
-    let dir = tmp.path().join("rebuild");
-    let mut args = DEMO.to_vec();
-    args.extend(["--inject-fault", "rebuild"]);
-    let o = annal(&args, Some(&dir));
-    let text = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    let (code, text, err) = demo_with_fault(&tmp.path().join("rebuild"), "rebuild");
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("money conservation: ok"), "{text}");
     assert!(text.contains("NOT swapped: Mismatch"), "{text}");
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("the rebuilt projection did not verify"), "{err}");
 }
 
