@@ -120,11 +120,16 @@ struct DemoArgs {
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(2..=100_000))]
     accounts: u32,
     /// Commands (deposit, withdraw or transfer) per writer thread.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 1000, value_parser = commands_range())]
     commands: u64,
     /// Testing only: inject a fault the demo's checks must catch.
     #[arg(long, value_enum, hide = true)]
     inject_fault: Option<demo::Fault>,
+}
+
+/// Commands per thread: at least one, and few enough that latencies fit in memory.
+fn commands_range() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=1_000_000)
 }
 
 #[derive(Debug, Args)]
