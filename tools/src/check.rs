@@ -20,6 +20,9 @@ use crate::inspect::{ErrorInfo, Verdict, grouped, human_bytes, to_json};
 
 /// Largest streams `inspect` lists.
 const LARGEST_STREAMS_SHOWN: usize = 10;
+/// Snapshot or checkpoint files `inspect` lists by name (the JSON lists all, and so does
+/// `annal snapshots`).
+const SIDE_FILES_SHOWN: usize = 10;
 
 /// A byte progress bar on stderr, drawn only when stderr is a terminal.
 fn progress_bar(what: &'static str) -> ProgressBar {
@@ -182,9 +185,13 @@ fn write_side(out: &mut dyn Write, dir: &Path, label: &str, files: &[SideFile]) 
     if files.is_empty() {
         return writeln!(out, "  {label:<15} none");
     }
-    writeln!(out, "  {label:<15} {} file(s)", files.len())?;
-    for f in files {
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    writeln!(out, "  {label:<15} {} file(s), {}", grouped(files.len() as u64), human_bytes(total))?;
+    for f in files.iter().take(SIDE_FILES_SHOWN) {
         writeln!(out, "    {}  {}", rel(dir, &f.path), human_bytes(f.bytes))?;
+    }
+    if files.len() > SIDE_FILES_SHOWN {
+        writeln!(out, "    ... and {} more", grouped((files.len() - SIDE_FILES_SHOWN) as u64))?;
     }
     Ok(())
 }

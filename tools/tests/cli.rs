@@ -1,5 +1,6 @@
-//! Property: the `annal` binary does what its help says on real stores — `demo` works on a
-//! fresh directory and again on the store it left; `verify` and `stat` report a store's state
+//! Property: the `annal` binary does what its help says on real stores — `demo` runs the bank
+//! end to end with checks that hold (and fail when a fault is injected), and refuses a
+//! directory it does not own; `verify` and `stat` report a store's state
 //! and exit 0 (ok), 1 (problems, or no store), 2 (usage) or 3 (locked) for healthy, torn,
 //! corrupted, missing and locked stores; nothing read from disk reaches the terminal
 //! unescaped.
@@ -7,7 +8,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use annal::{Log, Options};
+use annal::{Log, Options, Store, StoreOptions};
 use serde_json::Value;
 
 fn annal(args: &[&str], dir: Option<&Path>) -> Output {
@@ -57,47 +58,157 @@ fn segment_file(dir: &Path) -> std::path::PathBuf {
     dir.join("segments").join(format!("{:020}.seg", 0))
 }
 
+/// A small demo run: quick, still contended (4 threads on 40 accounts, 8 of them hot), and
+/// with hot accounts past the 50 events at which a snapshot is taken.
+const DEMO: [&str; 7] = ["demo", "--threads", "4", "--accounts", "40", "--commands", "300"];
+
+/// The amounts in the conservation table the demo prints after `after` (in order: read model
+/// total, sum of its balances, sum of the aggregates' balances, opening + deposits -
+/// withdrawals).
+fn conservation_rows(text: &str, after: &str) -> Vec<u64> {
+    let from = text.find(after).unwrap_or_else(|| panic!("no {after:?} in {text}"));
+    let table = &text[from..];
+    let start = table.find("money conservation:").unwrap();
+    table[start..]
+        .lines()
+        .skip(1)
+        .take(4)
+        .map(|l| l.split_whitespace().last().unwrap().replace(',', "").parse().unwrap())
+        .collect()
+}
+
+/// Money in the store's account events, computed here from the raw events (not by the demo).
+fn money_in_events(dir: &Path) -> u64 {
+    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    let mut total = 0i64;
+    for e in store.read_all(0) {
+        let e = e.unwrap();
+        if !e.stream_id.starts_with("account-") {
+            continue;
+        }
+        let data: Value = serde_json::from_slice(&e.data).unwrap();
+        let amount = data["amount"].as_i64().unwrap_or(0);
+        match e.event_type.as_str() {
+            "Deposited" => total += amount,
+            "Withdrawn" => total -= amount,
+            "Opened" => {}
+            other => panic!("unexpected event type {other}"),
+        }
+    }
+    store.close().unwrap();
+    u64::try_from(total).unwrap()
+}
+
 #[test]
-fn demo_runs_on_a_fresh_dir_and_again_on_its_own_store() {
+fn demo_runs_the_bank_end_to_end_and_verifies_its_own_store() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let args = ["demo", "--threads", "2", "--events", "150"];
-    let first = annal(&args, Some(&dir));
+    let first = annal(&DEMO, Some(&dir));
     let text = stdout(&first);
     assert!(first.status.success(), "{text}\n{}", String::from_utf8_lossy(&first.stderr));
-    assert!(text.contains("new store"), "{text}");
-    assert!(text.contains("appends       300 in"), "{text}");
-    assert!(text.contains("replay        300 records"), "{text}");
-    assert!(text.contains("reopen        clean"), "{text}");
-
-    let second = annal(&args, Some(&dir));
-    let text = stdout(&second);
-    assert!(second.status.success(), "{text}");
-    assert!(text.contains("existing store with 300 records"), "{text}");
-    assert!(text.contains("replay        600 records"), "{text}");
-    assert!(text.contains("next seq 600"), "{text}");
-
-    // Independently of the tool: the library reads back every record, distinct per run.
-    let log = open_writer(&dir, Options::default());
-    let all: Vec<_> = log.cursor(0).map(|r| r.unwrap().payload).collect();
-    assert_eq!(all.len(), 600);
-    let runs = all.iter().filter(|p| p.ends_with(b"\"run\":300}")).count();
-    assert_eq!(runs, 300, "the second run's events carry its first seq");
-    drop(log);
+    for stage in [
+        "1. commands are validated against aggregates",
+        "again        -> rejected: the account is open already",
+        "-> rejected: insufficient funds",
+        "read your write: wait_for(",
+        "2. 4 threads x 300 commands",
+        "optimistic concurrency: ",
+        "execute latency (deposit/withdraw, until durable, retries included):\n     p50 ",
+        "3. queries are served from the read model",
+        "money conservation: ok",
+        "4. snapshots",
+        "load from its snapshot at version ",
+        "5. replay: rebuild \"balances\" from seq 0",
+        "verified and swapped in at seq ",
+        "digests equal",
+        "6. the store, as `annal inspect` shows it",
+        "annal inspect ",
+        "last shutdown   clean",
+        "projections/balances.ckpt",
+    ] {
+        assert!(text.contains(stage), "missing {stage:?} in:\n{text}");
+    }
+    // The conservation checks print real figures: all four agree, and they are the money
+    // this test finds in the events, computed without the demo.
+    let before = conservation_rows(&text, "3. queries");
+    let after = conservation_rows(&text, "after the swap:");
+    assert_eq!(before.len(), 4, "{text}");
+    assert!(before.iter().all(|&v| v == before[0]), "{before:?}");
+    assert!(after.iter().all(|&v| v == after[0]), "{after:?}");
+    assert!(after[0] >= before[0], "only deposits are made during the rebuild");
+    assert_eq!(money_in_events(&dir), after[0], "{text}");
+    // The workload contended: conflicts were retried (the hot accounts see ~300 commands
+    // from 4 threads at once).
+    let retries: u64 = text
+        .split("optimistic concurrency: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(|n| n.replace(',', "").parse().unwrap())
+        .unwrap();
+    assert!(retries > 0, "no conflicts were retried:\n{text}");
 
     let v = annal(&["verify", "--json"], Some(&dir));
     assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
     let report = json(&v);
     assert_eq!(report["verdict"], "ok");
-    assert_eq!(report["records"], 600);
-    assert_eq!(report["next_seq"], 600);
     assert_eq!(report["clean_shutdown"], true);
-    assert_eq!(report["findings"].as_array().unwrap().len(), 0);
 
-    let s = annal(&["stat"], Some(&dir));
-    assert_eq!(s.status.code(), Some(0));
-    let text = stdout(&s);
-    assert!(text.contains("next seq       600") && text.contains("durable head   599"), "{text}");
+    // Again on the same directory: the old store is left alone, the run goes next to it.
+    let files_before = std::fs::read_dir(dir.join("segments")).unwrap().count();
+    let second = annal(&DEMO, Some(&dir));
+    let text = stdout(&second);
+    assert!(second.status.success(), "{text}\n{}", String::from_utf8_lossy(&second.stderr));
+    assert!(text.contains("holds a previous demo store (left as it is); this run uses"), "{text}");
+    let sub = dir.join("demo-run-2");
+    assert!(text.contains(&sub.display().to_string()), "{text}");
+    assert_eq!(std::fs::read_dir(dir.join("segments")).unwrap().count(), files_before);
+    assert_eq!(annal(&["verify"], Some(&dir)).status.code(), Some(0));
+    assert_eq!(annal(&["verify"], Some(&sub)).status.code(), Some(0));
+}
+
+#[test]
+fn demo_refuses_a_directory_that_is_not_empty_or_a_demo_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+    let held = tmp.path().join("store");
+    store(&held, 3);
+    for dir in [&other, &held] {
+        let o = annal(&DEMO, Some(dir));
+        assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("is not empty and holds no demo store"), "{err}");
+    }
+    assert_eq!(std::fs::read(other.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "the demo wrote into other");
+    let log = open_writer(&held, Options::default());
+    assert_eq!(log.recovery_report().next_seq, 3, "the demo appended to someone's store");
+}
+
+/// Runs the small demo with `fault` injected in `dir`: exit code, stdout, stderr.
+fn demo_with_fault(dir: &Path, fault: &str) -> (Option<i32>, String, String) {
+    let mut args = DEMO.to_vec();
+    args.extend(["--inject-fault", fault]);
+    let o = annal(&args, Some(dir));
+    (o.status.code(), stdout(&o), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn demo_exits_1_when_its_checks_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The live projection counts one deposit twice: conservation must catch it.
+    let (code, text, err) = demo_with_fault(&tmp.path().join("projection"), "projection");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("money conservation: FAILED"), "{text}");
+    assert!(err.contains("money is not conserved"), "{err}");
+
+    // The rebuilt projection is one unit off: verification must refuse the swap.
+    let (code, text, err) = demo_with_fault(&tmp.path().join("rebuild"), "rebuild");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("money conservation: ok"), "{text}");
+    assert!(text.contains("NOT swapped: Mismatch"), "{text}");
+    assert!(err.contains("the rebuilt projection did not verify"), "{err}");
 }
 
 #[test]
@@ -175,7 +286,6 @@ fn locked_store_exits_3_and_missing_store_exits_1_without_creating_it() {
         assert_eq!(o.status.code(), Some(3), "{cmd}: {}", stdout(&o));
         assert_eq!(json(&o)["error"]["kind"], "locked");
     }
-    assert!(annal(&["demo", "--events", "1"], Some(&dir)).status.code() == Some(3));
     // verify takes no lock.
     assert_eq!(annal(&["verify"], Some(&dir)).status.code(), Some(0));
     drop(held);

@@ -508,7 +508,10 @@ fn streams_and_snapshots_list_what_is_there() {
     assert_eq!(s["snapshots"][0]["file"], "snapshots/order-0.snap");
     assert_eq!(s["snapshots"][0]["bytes"], 10);
     let i = out(&annal(&["inspect"], dir));
-    assert!(i.contains("snapshots       1 file(s)") && i.contains("snapshots/order-0.snap"), "{i}");
+    assert!(
+        i.contains("snapshots       1 file(s), 10 B") && i.contains("snapshots/order-0.snap"),
+        "{i}"
+    );
 }
 
 #[test]

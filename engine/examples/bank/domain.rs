@@ -1,17 +1,19 @@
-//! A bank on annal's command side: accounts are aggregates (open, deposit, withdraw with an
-//! insufficient-funds rule), and a transfer is a process across two accounts, driven by a
-//! process manager that keeps its own progress in a `transfer` aggregate, so an interrupted
-//! transfer is resumed, step by step, exactly once.
+//! The bank domain on annal's command side: accounts are aggregates (open, deposit, withdraw
+//! with an insufficient-funds rule), and a transfer is a process across two accounts, driven
+//! by a process manager that keeps its own progress in a `transfer` aggregate, so an
+//! interrupted transfer is resumed, step by step, exactly once.
 //!
-//! Run it with `cargo run --release -p annal --example bank [DIR]` (default: a fresh
-//! temporary directory). The domain below is self-contained so it can be copied elsewhere.
+//! One file, shared: the `bank` example (`main.rs` beside it) and `annal demo`
+//! (tools/src/demo.rs, through `#[path]`) both compile it as a module. It depends only on
+//! `annal` and `serde`. Each user calls a different part of it, hence `allow(dead_code)`.
+#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use annal::{
-    Aggregate, ExecuteError, Repository, RepositoryOptions, SnapshotUse, Store, StoreOptions,
-};
+use annal::{Aggregate, ExecuteError, Repository, RepositoryOptions, Store};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ impl Aggregate for Transfer {
 // ---------------------------------------------------------------------------------------
 // The process manager
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Moves money between accounts, one idempotent step at a time. Every step is keyed by the
 /// transfer id, so running `drive` again after a crash (or concurrently) repeats nothing.
@@ -241,6 +243,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Bank {
     pub accounts: Repository<Account>,
     pub transfers: Repository<Transfer>,
+    /// Attempts beyond the first that the account steps of transfers needed because a
+    /// concurrent writer appended to the same account first (optimistic concurrency).
+    retries: Arc<AtomicU64>,
 }
 
 impl Bank {
@@ -249,6 +254,7 @@ impl Bank {
         Ok(Bank {
             accounts: Repository::new(store.clone(), opts.clone())?,
             transfers: Repository::new(store, opts)?,
+            retries: Arc::default(),
         })
     }
 
@@ -270,7 +276,10 @@ impl Bank {
                 Stage::Started => {
                     let debit = AccountCommand::Withdraw { amount: t.amount, step: step("debit") };
                     match self.accounts.execute(&t.from, &debit) {
-                        Ok(_) => TransferCommand::MarkDebited,
+                        Ok(done) => {
+                            self.count_retries(done.attempts);
+                            TransferCommand::MarkDebited
+                        }
                         Err(ExecuteError::Rejected(why)) => {
                             TransferCommand::MarkFailed { reason: why.to_string() }
                         }
@@ -280,7 +289,10 @@ impl Bank {
                 Stage::Debited => {
                     let credit = AccountCommand::Deposit { amount: t.amount, step: step("credit") };
                     match self.accounts.execute(&t.to, &credit) {
-                        Ok(_) => TransferCommand::MarkCompleted,
+                        Ok(done) => {
+                            self.count_retries(done.attempts);
+                            TransferCommand::MarkCompleted
+                        }
                         Err(ExecuteError::Rejected(why)) => {
                             // Compensate: give the money back, then record the failure.
                             let refund =
@@ -311,86 +323,16 @@ impl Bank {
         Ok(resumed)
     }
 
+    fn count_retries(&self, attempts: u32) {
+        self.retries.fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
+    }
+
+    /// Retries the account steps of transfers needed so far (see the field).
+    pub fn transfer_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
     pub fn balance(&self, account: &str) -> Result<u64, BoxError> {
         Ok(self.accounts.load(account)?.state.balance)
     }
-}
-
-// ---------------------------------------------------------------------------------------
-
-fn main() -> Result<(), BoxError> {
-    let tmp;
-    let dir = match std::env::args().nth(1) {
-        Some(d) => std::path::PathBuf::from(d),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let store = Store::open(&dir, StoreOptions::default())?;
-    let bank = Bank::open(store)?;
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let alice = format!("alice.{run}");
-    let bob = format!("bob.{run}");
-    let nobody = format!("nobody.{run}");
-
-    bank.accounts.execute(&alice, &AccountCommand::Open { owner: "Alice".into() })?;
-    bank.accounts.execute(&bob, &AccountCommand::Open { owner: "Bob".into() })?;
-    for _ in 0..120 {
-        bank.accounts.execute(&alice, &AccountCommand::Deposit { amount: 1, step: None })?;
-    }
-    println!("alice {} / bob {}", bank.balance(&alice)?, bank.balance(&bob)?);
-
-    match bank.accounts.execute(&bob, &AccountCommand::Withdraw { amount: 5, step: None }) {
-        Err(ExecuteError::Rejected(why)) => println!("bob withdraws 5: refused ({why})"),
-        other => return Err(format!("expected a refusal, got {other:?}").into()),
-    }
-
-    let t1 = format!("t1.{run}");
-    println!("transfer 30 alice -> bob: {:?}", bank.transfer(&t1, &alice, &bob, 30)?);
-    println!(
-        "the same transfer again: {:?} (nothing moves twice)",
-        bank.transfer(&t1, &alice, &bob, 30)?
-    );
-    let t2 = format!("t2.{run}");
-    println!("transfer 1000 alice -> bob: {:?}", bank.transfer(&t2, &alice, &bob, 1000)?);
-    let t3 = format!("t3.{run}");
-    println!("transfer 10 alice -> nobody: {:?}", bank.transfer(&t3, &alice, &nobody, 10)?);
-
-    // A transfer interrupted after its debit (as if the process died), then resumed.
-    let t4 = format!("t4.{run}");
-    let start = TransferCommand::Start { from: bob.clone(), to: alice.clone(), amount: 7 };
-    bank.transfers.execute(&t4, &start)?;
-    let debit = AccountCommand::Withdraw { amount: 7, step: Some(format!("debit:{t4}")) };
-    bank.accounts.execute(&bob, &debit)?;
-    println!(
-        "interrupted after the debit: alice {} / bob {}",
-        bank.balance(&alice)?,
-        bank.balance(&bob)?
-    );
-    println!(
-        "resumed {} transfer(s): {:?}",
-        bank.resume_all()?,
-        bank.transfers.load(&t4)?.state.stage
-    );
-
-    let (a, b) = (bank.balance(&alice)?, bank.balance(&bob)?);
-    println!("alice {a} / bob {b}");
-    assert_eq!((a, b), (120 - 30 + 7, 30 - 7), "money is neither created nor lost");
-
-    bank.accounts.flush_snapshots();
-    bank.transfers.flush_snapshots();
-    for id in [&alice, &bob] {
-        let loaded = bank.accounts.load(id)?;
-        let replayed = bank.accounts.replay(id)?;
-        assert_eq!(loaded.state, replayed.state, "a snapshot load equals a full replay");
-        let from = match loaded.snapshot {
-            SnapshotUse::Used { version } => format!("snapshot at version {version}"),
-            other => format!("{other:?}"),
-        };
-        println!("{id}: loaded from {from} + {} events", loaded.replayed);
-    }
-    println!("snapshots: {:?}", bank.accounts.snapshots().stats());
-    bank.accounts.store().clone().close()?;
-    Ok(())
 }
