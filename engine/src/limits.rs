@@ -70,3 +70,7 @@ pub const CHECKPOINT_HEADER_BYTES: usize = 64;
 /// Largest stream-index checkpoint file read back; a larger one is treated as damaged and
 /// the index is rebuilt from the log.
 pub const CHECKPOINT_BYTES_MAX: u64 = 4 << 30;
+
+/// Size of a log marker file, `log.start` or `log.truncate` (format-spec.md §16); a file of
+/// another length is rejected before it is read.
+pub const LOG_MARKER_BYTES: usize = 48;

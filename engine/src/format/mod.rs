@@ -8,6 +8,7 @@
 mod event;
 mod frame;
 mod index_file;
+mod log_marker;
 mod segment_header;
 #[cfg(test)]
 mod spec_example;
@@ -20,6 +21,7 @@ pub use frame::{
     record_crc,
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};
+pub use log_marker::{LOG_MARKER_MAGIC, LogMarker, LogMarkerKind};
 pub use segment_header::{FORMAT_VERSION, SEGMENT_MAGIC, SegmentHeader};
 pub use stream_checkpoint::{CHECKPOINT_MAGIC, CheckpointId, CheckpointStream, StreamCheckpoint};
 
