@@ -44,18 +44,18 @@ async fn start(router: &Router, base: &Path, id: u64) -> Node {
     Node { raft, sm }
 }
 
+/// The leader every node of `among` agrees on (a restarted old leader may still believe in
+/// itself for a while: agreement rules that out).
 async fn leader_of(nodes: &BTreeMap<u64, Node>, among: &BTreeSet<u64>) -> u64 {
-    for _ in 0..200 {
-        for id in among {
-            let m = nodes[id].raft.metrics().borrow().clone();
-            if let Some(l) = m.current_leader
-                && among.contains(&l)
-                && nodes[&l].raft.metrics().borrow().current_leader == Some(l)
-            {
-                return l;
-            }
+    for _ in 0..400 {
+        let seen: BTreeSet<Option<u64>> =
+            among.iter().map(|id| nodes[id].raft.metrics().borrow().current_leader).collect();
+        if let [Some(l)] = seen.iter().copied().collect::<Vec<_>>()[..]
+            && among.contains(&l)
+        {
+            return l;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("no leader among {among:?}");
 }
@@ -133,6 +133,38 @@ async fn converge(nodes: &BTreeMap<u64, Node>) -> u64 {
             .unwrap_or_else(|e| panic!("node {id} did not catch up to {target}: {e}"));
     }
     let digests: BTreeSet<u64> = nodes.values().map(|n| n.sm.digest().unwrap()).collect();
+    if digests.len() != 1 {
+        let dump: Vec<Vec<(u64, String, u64, String)>> = nodes
+            .values()
+            .map(|n| {
+                n.sm.store()
+                    .read_all(0)
+                    .map(|e| {
+                        let e = e.unwrap();
+                        let d = String::from_utf8_lossy(&e.data).to_string();
+                        (e.seq, e.stream_id, e.version, d)
+                    })
+                    .collect()
+            })
+            .collect();
+        for ((id, n), d) in nodes.iter().zip(&dump) {
+            let m = n.raft.metrics().borrow().clone();
+            eprintln!(
+                "node {id}: {} events, applied {:?} snapshot {:?} purged {:?}",
+                d.len(),
+                m.last_applied,
+                m.snapshot,
+                m.purged
+            );
+        }
+        for i in 0..dump.iter().map(|d| d.len()).max().unwrap() {
+            let row: Vec<_> = dump.iter().map(|d| d.get(i)).collect();
+            if row.windows(2).any(|w| w[0] != w[1]) {
+                eprintln!("first difference at {i}: {row:?}");
+                break;
+            }
+        }
+    }
     assert_eq!(digests.len(), 1, "stores differ: {digests:?}");
     target
 }
@@ -193,13 +225,33 @@ async fn three_nodes_survive_a_leader_stop_and_a_partition() {
         let expected = versions.get(&stream).map_or(Expected::NoStream, |&v| Expected::Exact(v));
         acks.append(&nodes, &all, &mut versions, &stream, expected).await;
     }
+    converge(&nodes).await;
     check_acks(&nodes, &acks);
+
+    // The leader snapshots and purges its log behind the snapshot, so the stopped node (its
+    // log ends before that) can only come back by installing the snapshot.
+    let leader = leader_of(&nodes, &all).await;
+    nodes[&leader].raft.trigger().snapshot().await.unwrap();
+    let m = nodes[&leader]
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some() && m.purged == m.snapshot, "purged behind snapshot")
+        .await
+        .unwrap();
+    assert!(m.purged.unwrap().index > 61, "{m:?}");
 
     // Phase 3: the stopped node restarts from its directories and catches up.
     nodes.insert(old, start(&router, &base, old).await);
     all.insert(old);
     converge(&nodes).await;
     check_acks(&nodes, &acks);
+    // It came back by installing the snapshot (a new store generation).
+    let generations: Vec<String> = std::fs::read_dir(base.join(format!("node-{old}/sm")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("store-"))
+        .collect();
+    assert!(generations.len() == 1 && generations[0] != "store-0", "{generations:?}");
 
     // Phase 4: a follower is partitioned off; the majority goes on; the partition heals.
     let leader = leader_of(&nodes, &all).await;
