@@ -41,7 +41,15 @@ struct Meta {
     last_purged: Option<LogId<u64>>,
 }
 
+/// `save_committed` replaces `raft.meta` when the committed index has advanced this far
+/// since it was last written (openraft allows the stored value to lag: it only decides how
+/// much a restarted node applies before it hears from a leader).
+pub const COMMITTED_PERSIST_EVERY_ENTRIES: u64 = 1024;
+
 struct Inner {
+    /// The committed log id as openraft last reported it (`meta.committed` is what is on
+    /// disk).
+    committed: Option<LogId<u64>>,
     dir: PathBuf,
     storage: Arc<dyn Storage>,
     opts: Options,
@@ -90,7 +98,7 @@ impl LogStore {
             generation_dir(&dir, meta.generation),
             opts.clone(),
         )?;
-        let inner = Inner { dir, storage, opts, meta, log: Some(log) };
+        let inner = Inner { committed: meta.committed, dir, storage, opts, meta, log: Some(log) };
         Ok(LogStore { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -130,7 +138,9 @@ impl Inner {
         Ok(self.meta.offset + self.log()?.visible_end())
     }
 
-    fn save_meta(&self) -> std::io::Result<()> {
+    /// Replaces `raft.meta`, with the latest committed log id.
+    fn save_meta(&mut self) -> std::io::Result<()> {
+        self.meta.committed = self.committed;
         meta::store(self.storage.as_ref(), &self.dir.join(META_FILE), &self.meta)
     }
 
@@ -243,7 +253,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> SResult<()> {
         let mut inner = self.lock();
-        if inner.meta.committed == committed {
+        inner.committed = committed;
+        let on_disk = inner.meta.committed.map_or(0, |l| l.index);
+        let now = committed.map_or(0, |l| l.index);
+        if now < on_disk + COMMITTED_PERSIST_EVERY_ENTRIES && inner.meta.committed.is_some() {
             return Ok(());
         }
         let old = std::mem::replace(&mut inner.meta.committed, committed);
@@ -254,7 +267,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId<u64>>> {
-        Ok(self.lock().meta.committed)
+        Ok(self.lock().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>

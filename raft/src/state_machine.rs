@@ -6,8 +6,10 @@
 //! (JSON); installing one fills a new generation and commits it with the atomic replace of
 //! `sm.meta`.
 //!
-//! **Crash consistency.** The store's appends are durable (`Durability::Sync`) before `apply`
-//! returns, but `sm.meta` is replaced only when the membership changes, every
+//! **Crash consistency.** The store runs under `Durability::None` and `apply` syncs it once
+//! per call, so its events are durable before `apply` returns (one fsync per batch of
+//! entries, not per entry), but `sm.meta` is replaced (after a sync of the store) only when
+//! the membership changes, every
 //! [`PERSIST_EVERY_ENTRIES`] entries, and before a snapshot is built, so after a crash openraft
 //! applies some entries again. That is harmless: every event gets an id derived from its log
 //! index (unless the client gave one), so the store returns the original result of an append
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use annal::fs::{StdFs, Storage};
-use annal::{NewEvent, Store, StoreOptions};
+use annal::{Durability, NewEvent, Options, Store, StoreOptions};
 use bytes::Bytes;
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -122,7 +124,8 @@ pub fn store_digest(store: &Store) -> annal::Result<u64> {
 }
 
 impl StateMachine {
-    /// Opens (creating if needed) the state machine in `dir`.
+    /// Opens (creating if needed) the state machine in `dir`. The store's durability is
+    /// replaced by `Durability::None`: `apply` syncs once per call.
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<StateMachine, annal::Error> {
         let dir = dir.as_ref().to_path_buf();
         let bad = |e: std::io::Error| annal::Error::InvalidOptions(e.to_string());
@@ -139,6 +142,8 @@ impl StateMachine {
                 std::fs::remove_dir_all(e.path()).map_err(bad)?;
             }
         }
+        let opts =
+            StoreOptions { log: Options { durability: Durability::None, ..opts.log }, ..opts };
         let store = Store::open(store_dir(&dir, meta.generation), opts.clone())?;
         let horizon = meta.store_end;
         let inner = Inner {
@@ -172,6 +177,8 @@ impl StateMachine {
 
 impl Inner {
     fn persist(&mut self) -> std::io::Result<()> {
+        // `sm.meta` must never say more than the store durably holds.
+        self.store.log().sync().map_err(std::io::Error::other)?;
         self.meta.store_end = self.horizon;
         meta::store(self.storage.as_ref(), &self.dir.join(META_FILE), &self.meta)?;
         self.applied_since_persist = 0;
@@ -310,6 +317,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if membership_changed || inner.applied_since_persist >= PERSIST_EVERY_ENTRIES {
             inner.persist().map_err(|e| StorageIOError::write_state_machine(any(&e)))?;
+        } else {
+            // One fsync for the whole batch of entries (the store runs `Durability::None`).
+            inner.store.log().sync().map_err(|e| StorageIOError::write_state_machine(any(&e)))?;
         }
         Ok(out)
     }
