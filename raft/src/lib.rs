@@ -142,3 +142,8 @@ pub enum AppendResponse {
     /// A blank or membership entry: no client request.
     None,
 }
+
+/// An I/O failure while opening a raft directory, as an `annal::Error`.
+fn io_error(op: &'static str, path: &std::path::Path, e: std::io::Error) -> annal::Error {
+    annal::Error::Io { op, path: path.to_path_buf(), source: std::sync::Arc::new(e) }
+}

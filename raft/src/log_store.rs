@@ -83,15 +83,16 @@ impl LogStore {
     /// (their durability is replaced by `Durability::None`: `append` syncs once per call).
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<LogStore, annal::Error> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| annal::Error::InvalidOptions(e.to_string()))?;
+        let io = |op, e| crate::io_error(op, &dir, e);
+        std::fs::create_dir_all(&dir).map_err(|e| io("create dir", e))?;
         let storage: Arc<dyn Storage> = Arc::new(StdFs);
         let meta_path = dir.join(META_FILE);
         let meta: Meta = meta::load(storage.as_ref(), &meta_path)
-            .map_err(|e| annal::Error::InvalidOptions(e.to_string()))?
+            .map_err(|e| io("read raft.meta", e))?
             .unwrap_or_default();
         // Generations other than the current one are leftovers of a change of generation.
         remove_other_generations(&dir, meta.generation)
-            .map_err(|e| annal::Error::InvalidOptions(e.to_string()))?;
+            .map_err(|e| io("remove old generations", e))?;
         let opts = Options { durability: Durability::None, ..opts };
         let log = Log::open_with(
             Arc::clone(&storage),

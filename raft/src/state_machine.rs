@@ -128,7 +128,7 @@ impl StateMachine {
     /// replaced by `Durability::None`: `apply` syncs once per call.
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<StateMachine, annal::Error> {
         let dir = dir.as_ref().to_path_buf();
-        let bad = |e: std::io::Error| annal::Error::InvalidOptions(e.to_string());
+        let bad = |e: std::io::Error| crate::io_error("open state machine", &dir, e);
         std::fs::create_dir_all(&dir).map_err(bad)?;
         let storage: Arc<dyn Storage> = Arc::new(StdFs);
         let meta: SmMeta =
