@@ -195,6 +195,25 @@ pub enum Error {
         /// The read model's position at the timeout.
         position: u64,
     },
+    /// `Log::truncate_from` or `Log::purge_before` on a log with other open handles (clones,
+    /// cursors, a `Store`): they reopen the log, so they need the only handle.
+    #[error("the log has other open handles")]
+    Shared,
+    /// A truncate at a seq inside a batch: a batch is atomic, so it is dropped whole or kept.
+    #[error("seq {seq} is inside the batch starting at seq {batch_first}")]
+    TruncateMidBatch {
+        /// The seq asked for.
+        seq: u64,
+        /// The first seq of the batch holding it.
+        batch_first: u64,
+    },
+    /// A read-only open found an unfinished truncate (`log.truncate`, format-spec.md §16.1),
+    /// which only a writer's open completes.
+    #[error("unfinished truncate in {}: open it for writing once", dir.display())]
+    PendingTruncate {
+        /// The store directory.
+        dir: PathBuf,
+    },
 }
 
 /// What is wrong with corrupt bytes (see format-spec.md §7 for the recovery decisions).

@@ -19,6 +19,7 @@ pub use error::{CorruptionKind, Error, Result};
 mod commit;
 mod index;
 mod log;
+mod log_edit;
 mod options;
 mod projection;
 pub mod repair;

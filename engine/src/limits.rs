@@ -103,3 +103,6 @@ pub const PROJECTION_NAME_BYTES_MAX: usize = 80;
 /// Largest projection state stored in a checkpoint (exactly-once projections keep their
 /// whole view there); a larger one is refused when writing and treated as damage when read.
 pub const PROJECTION_STATE_BYTES_MAX: u64 = 1 << 30;
+/// Size of a log marker file, `log.start` or `log.truncate` (format-spec.md §16); a file of
+/// another length is rejected before it is read.
+pub const LOG_MARKER_BYTES: usize = 48;

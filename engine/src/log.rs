@@ -282,14 +282,25 @@ impl Log {
                 .map_err(|e| Error::io("lock", &lock_path, e))?
                 .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
             create_dir_durably(storage.as_ref(), &seg_dir)?;
+            crate::log_edit::finish_truncate(storage.as_ref(), &dir, &seg_dir)?;
             Some(lock)
         } else {
             if !storage.exists(&seg_dir).map_err(|e| Error::io("stat", &seg_dir, e))? {
                 return Err(Error::NoStore { dir });
             }
+            let intent = dir.join(names::LOG_TRUNCATE_FILE);
+            if storage.exists(&intent).map_err(|e| Error::io("stat", &intent, e))? {
+                return Err(Error::PendingTruncate { dir });
+            }
             None
         };
-        let recovered = recover(storage.as_ref(), &seg_dir, &opts, writable)?;
+        let start = crate::log_edit::read_marker(
+            storage.as_ref(),
+            &dir,
+            names::LOG_START_FILE,
+            crate::format::LogMarkerKind::Start,
+        )?;
+        let recovered = recover(storage.as_ref(), &seg_dir, &opts, writable, start)?;
         let Recovered { log_id, segments, writer, report } = recovered;
         let next_seq = writer.next_seq;
         let inner = Arc::new(Inner {
@@ -478,6 +489,103 @@ impl Log {
         // Everything that will ever be visible is: subscribers may drain and end.
         self.inner.heads.close();
         closed
+    }
+
+    /// The first seq the log holds: 0, or where [`Log::purge_before`] left it. Reads below it
+    /// fail with [`Error::MissingSegments`].
+    pub fn first_seq(&self) -> u64 {
+        let segs = self.inner.segments.read().unwrap_or_else(|e| e.into_inner());
+        segs.first().map_or(0, |s| s.base)
+    }
+
+    /// Drops the records `from ..` (a raft log's conflicting uncommitted entries) and returns
+    /// the reopened log, whose next append gets seq `from`. `from` must start a batch
+    /// ([`Error::TruncateMidBatch`]: batches are atomic) and be at least [`Log::first_seq`];
+    /// at or beyond the visible end it changes nothing. The log must have no other handle
+    /// ([`Error::Shared`]).
+    ///
+    /// Crash-safe (format-spec.md §16.1): a durable intent `log.truncate` is written first,
+    /// then the log is closed and reopened, and the open completes the intent: whole segments
+    /// above `from` are renamed aside, the segment holding it is cut with its cut bytes moved
+    /// aside (never deleted), and the intent is removed. After a crash the log is either as
+    /// before (no intent) or truncated (the next open completes it).
+    pub fn truncate_from(self, from: u64) -> Result<Log> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if Arc::strong_count(&self.inner) != 1 {
+            return Err(Error::Shared);
+        }
+        let end = self.visible_end();
+        if from >= end {
+            return Ok(self);
+        }
+        if from < self.first_seq() {
+            return Err(Error::SeqOutOfRange { seq: from, head: end });
+        }
+        let seg = self.inner.segment_for(from).ok_or(Error::MissingSegments { from, to: end })?;
+        let (_, frame) = self.inner.seek(&seg, &mut seg.source(), from)?;
+        if frame.seq != from {
+            return Err(Error::TruncateMidBatch { seq: from, batch_first: frame.seq });
+        }
+        drop(seg);
+        let marker = crate::format::LogMarker {
+            kind: crate::format::LogMarkerKind::Truncate,
+            log_id: self.inner.log_id,
+            seq: from,
+        };
+        self.reopen_after(names::LOG_TRUNCATE_FILE, &marker)
+    }
+
+    /// Removes the whole sealed segments whose records are all below `before` (a raft log's
+    /// entries covered by a snapshot) and returns the reopened log. Records at or above
+    /// `before` are kept, and so are records below it that share a segment with one that is
+    /// not covered: [`Log::first_seq`] tells where the log starts now. The log must have no
+    /// other handle ([`Error::Shared`]).
+    ///
+    /// Crash-safe (format-spec.md §16.2): the new first seq is written to `log.start` first
+    /// (atomically), then the log is reopened, and the open removes the segments below it.
+    /// After a crash the log starts either where it did or at the new first seq.
+    pub fn purge_before(self, before: u64) -> Result<Log> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if Arc::strong_count(&self.inner) != 1 {
+            return Err(Error::Shared);
+        }
+        let start = {
+            let segs = self.inner.segments.read().unwrap_or_else(|e| e.into_inner());
+            let covered = |s: &Arc<Segment>| s.sealed.get().is_some_and(|x| x.next_seq <= before);
+            segs.iter().find(|s| !covered(s)).map_or(0, |s| s.base)
+        };
+        if start <= self.first_seq() {
+            return Ok(self);
+        }
+        let marker = crate::format::LogMarker {
+            kind: crate::format::LogMarkerKind::Start,
+            log_id: self.inner.log_id,
+            seq: start,
+        };
+        self.reopen_after(names::LOG_START_FILE, &marker)
+    }
+
+    /// Writes `marker` durably, closes this (only) handle, waits until the flusher thread has
+    /// let go of the log (it holds it for an instant at most), and opens it again.
+    fn reopen_after(self, name: &str, marker: &crate::format::LogMarker) -> Result<Log> {
+        let storage = Arc::clone(&self.inner.storage);
+        let dir = self.inner.dir.clone();
+        let opts = self.inner.opts.clone();
+        crate::log_edit::write_marker(storage.as_ref(), &dir, name, marker)?;
+        let weak = Arc::downgrade(&self.inner);
+        self.close()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while weak.strong_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Shared);
+            }
+            std::thread::yield_now();
+        }
+        Log::open_with(storage, dir, opts)
     }
 }
 
@@ -1031,8 +1139,10 @@ fn recover(
     seg_dir: &Path,
     opts: &Options,
     writable: bool,
+    start: Option<crate::format::LogMarker>,
 ) -> Result<Recovered> {
     let access = if writable { Access::Write } else { Access::ReadOnly };
+    let start_seq = start.map_or(0, |m| m.seq);
     let mut report = RecoveryReport::default();
     let names = storage.read_dir(seg_dir).map_err(|e| Error::io("list", seg_dir, e))?;
     let mut bases = Vec::new();
@@ -1060,7 +1170,7 @@ fn recover(
     }
     bases.sort_unstable();
     if bases.is_empty() {
-        if leftovers > 0 {
+        if leftovers > 0 || start_seq > 0 {
             // Index files or moved-aside bytes without any segment: the segments are gone.
             // Starting a fresh store here would silently hide that.
             return Err(Error::corrupt(seg_dir, 0, CorruptionKind::SegmentsGone));
@@ -1101,10 +1211,31 @@ fn recover(
     }
     let log_id = log_id.unwrap_or_default();
     let tag = log_tag(&log_id);
-    if let Some(first) = found.first()
-        && first.base != 0
+    if let Some(m) = start
+        && m.log_id != log_id
     {
-        return Err(Error::MissingSegments { from: 0, to: first.base });
+        let path = seg_dir.parent().unwrap_or(seg_dir).join(names::LOG_START_FILE);
+        return Err(Error::corrupt(path, 0, CorruptionKind::ForeignSegment));
+    }
+    // Segments wholly below the log start are what an interrupted purge had still to remove
+    // (format-spec.md §16.2); the first one kept must start exactly there.
+    let below = found.iter().take_while(|f| f.base < start_seq).count();
+    match found.get(below) {
+        Some(first) if first.base == start_seq => {}
+        Some(first) => return Err(Error::MissingSegments { from: start_seq, to: first.base }),
+        None => return Err(Error::corrupt(seg_dir, 0, CorruptionKind::SegmentsGone)),
+    }
+    for f in found.drain(..below) {
+        if access == Access::Write {
+            let ix = seg_dir.join(names::index_file_name(f.base));
+            if storage.exists(&ix).map_err(|e| Error::io("stat", &ix, e))? {
+                storage.remove_file(&ix).map_err(|e| Error::io("remove", &ix, e))?;
+            }
+            storage.remove_file(&f.path).map_err(|e| Error::io("remove", &f.path, e))?;
+        }
+    }
+    if below > 0 && access == Access::Write {
+        storage.sync_dir(seg_dir).map_err(|e| Error::io("sync dir", seg_dir, e))?;
     }
 
     let mut segments = Vec::with_capacity(found.len());

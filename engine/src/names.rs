@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = "LOCK";
 /// The stream-index checkpoint at the root of a store directory.
 pub const STREAM_CHECKPOINT_FILE: &str = "streams.ckpt";
+/// The log-start marker at the root of a store directory (format-spec.md §16.2).
+pub const LOG_START_FILE: &str = "log.start";
+/// The truncate-intent marker at the root of a store directory (format-spec.md §16.1).
+pub const LOG_TRUNCATE_FILE: &str = "log.truncate";
 /// The directory holding segments and their indexes.
 pub const SEGMENTS_DIR: &str = "segments";
 /// Suffix of a temp file being written for an atomic replace or a segment being created.

@@ -8,6 +8,7 @@
 mod event;
 mod frame;
 mod index_file;
+mod log_marker;
 mod projection_checkpoint;
 mod segment_header;
 mod snapshot_file;
@@ -22,6 +23,7 @@ pub use frame::{
     record_crc,
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};
+pub use log_marker::{LOG_MARKER_MAGIC, LogMarker, LogMarkerKind};
 pub use projection_checkpoint::{PROJECTION_CHECKPOINT_MAGIC, ProjectionCheckpoint};
 pub use segment_header::{FORMAT_VERSION, SEGMENT_MAGIC, SegmentHeader};
 pub use snapshot_file::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotFile};
