@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
-    DecodeError, EventBody, FrameKind, SegmentHeader, StreamCheckpoint, decode_index, log_tag,
+    DecodeError, EventBody, FrameKind, ProjectionCheckpoint, SegmentHeader, SnapshotFile,
+    StreamCheckpoint, decode_index, log_tag,
 };
 use crate::fs::{OpenMode, StdFs, Storage, StorageFile};
 use crate::limits::{
     CHECKPOINT_BYTES_MAX, INDEX_ENTRIES_MAX, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES,
-    RECORD_BODY_BYTES_MAX, SEGMENT_HEADER_BYTES, SEGMENTS_MAX,
+    PROJECTION_CHECKPOINT_HEADER_BYTES, PROJECTION_NAME_BYTES_MAX, PROJECTION_STATE_BYTES_MAX,
+    RECORD_BODY_BYTES_MAX, SEGMENT_HEADER_BYTES, SEGMENTS_MAX, SNAPSHOT_FILE_BYTES_MAX,
 };
 use crate::log::{Cursor, Log, Record};
 use crate::names::{self, SegmentDirEntry};
@@ -68,6 +70,13 @@ pub enum FindingKind {
     /// The stream-index checkpoint does not decode, belongs elsewhere, or disagrees with the
     /// log.
     CheckpointDamaged,
+    /// An aggregate snapshot (format-spec.md §13) that does not decode, belongs to another
+    /// store or stream, or does not match the log's event at its version (ahead of the log,
+    /// or of events since lost). A repository sets such a file aside and replays.
+    SnapshotDamaged,
+    /// A projection checkpoint (format-spec.md §14) that does not decode, belongs to another
+    /// store or projection, or is ahead of the log. The runner starts such a projection over.
+    ProjectionCheckpointDamaged,
     /// A file that could not be read.
     Unreadable,
 }
@@ -86,6 +95,8 @@ impl FindingKind {
             FindingKind::IndexMissing => "index_missing",
             FindingKind::BadEvent => "bad_event",
             FindingKind::CheckpointDamaged => "checkpoint_damaged",
+            FindingKind::SnapshotDamaged => "snapshot_damaged",
+            FindingKind::ProjectionCheckpointDamaged => "projection_checkpoint_damaged",
             FindingKind::Unreadable => "unreadable",
         }
     }
@@ -361,7 +372,11 @@ pub fn survey_with(
         seq_stream: None,
         stream_ids: HashMap::new(),
         seq_base: bases.iter().copied().min().unwrap_or(0),
+        snapshot_checks: HashMap::new(),
     };
+    if opts.decode_events {
+        w.read_snapshots(dir);
+    }
     let checkpoint_path = dir.join(names::STREAM_CHECKPOINT_FILE);
     let checkpoint_file = read_bounded(storage, &checkpoint_path, CHECKPOINT_BYTES_MAX);
     if opts.decode_events && matches!(checkpoint_file, Ok(Some(_))) {
@@ -487,6 +502,9 @@ pub fn survey_with(
         }
     };
 
+    w.check_snapshots(log_id);
+    w.check_projection_checkpoints(dir, log_id, next_seq);
+
     let findings = {
         let mut f = w.findings;
         f.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
@@ -574,6 +592,19 @@ struct Walker<'a> {
     seq_stream: Option<Vec<u32>>,
     stream_ids: HashMap<String, u32>,
     seq_base: u64,
+    /// Snapshots to check against the log, by stream: the event each one names.
+    snapshot_checks: HashMap<String, Vec<SnapshotCheck>>,
+}
+
+/// A snapshot file that decoded, and what the log holds at the version it names.
+struct SnapshotCheck {
+    path: PathBuf,
+    log_id: [u8; 16],
+    version: u64,
+    seq: u64,
+    event_id: [u8; 16],
+    /// (seq, event id) of the stream's event at `version`, once the walk met it.
+    found: Option<(u64, [u8; 16])>,
 }
 
 impl Walker<'_> {
@@ -585,6 +616,123 @@ impl Walker<'_> {
             offset: off,
             message: m,
         });
+    }
+
+    /// Reads every snapshot file under `snapshots/` (format-spec.md §13); a file that does
+    /// not decode or sits under another stream's name is a finding, the others are checked
+    /// against the log as the walk meets their events.
+    fn read_snapshots(&mut self, dir: &Path) {
+        let snap_dir = names::snapshots_dir(dir);
+        let Ok(mut entries) = self.storage.read_dir(&snap_dir) else { return };
+        entries.sort();
+        for name in entries {
+            match names::parse_snapshot_dir_entry(&name) {
+                names::SnapshotDirEntry::Plain(_) | names::SnapshotDirEntry::Hashed(_) => {}
+                // Temp files of a replace, files set aside, and foreign files are not read.
+                _ => continue,
+            }
+            let path = snap_dir.join(&name);
+            let bad = |w: &mut Self, m: String| {
+                w.find(Severity::Problem, FindingKind::SnapshotDamaged, &path, None, m);
+            };
+            let bytes = match read_bounded(self.storage, &path, SNAPSHOT_FILE_BYTES_MAX) {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(e) => {
+                    bad(self, format!("cannot read the snapshot: {e}"));
+                    continue;
+                }
+            };
+            let snap = match SnapshotFile::decode(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    bad(self, format!("snapshot does not decode: {e}"));
+                    continue;
+                }
+            };
+            if names::snapshot_file_name(&snap.stream_id) != name {
+                // Debug quoting escapes control characters; a long id is cut for the message.
+                let id: String = snap.stream_id.chars().take(64).collect();
+                bad(self, format!("the snapshot of stream {id:?} is under another stream's name"));
+                continue;
+            }
+            self.snapshot_checks.entry(snap.stream_id).or_default().push(SnapshotCheck {
+                path,
+                log_id: snap.log_id,
+                version: snap.stream_version,
+                seq: snap.seq,
+                event_id: snap.event_id,
+                found: None,
+            });
+        }
+    }
+
+    /// Compares each snapshot read by `read_snapshots` with the event the walk found at its
+    /// version.
+    fn check_snapshots(&mut self, log_id: Option<[u8; 16]>) {
+        let checks: Vec<SnapshotCheck> =
+            std::mem::take(&mut self.snapshot_checks).into_values().flatten().collect();
+        for c in checks {
+            let msg = if log_id.is_some_and(|id| id != c.log_id) {
+                Some("the snapshot belongs to another store".to_string())
+            } else {
+                match c.found {
+                    None => Some(format!(
+                        "the snapshot is of version {} (seq {}), which the log does not hold",
+                        c.version, c.seq
+                    )),
+                    Some((seq, id)) if seq != c.seq || id != c.event_id => Some(format!(
+                        "the snapshot names seq {} at version {}, the log has seq {seq} (or \
+                         another event id) there",
+                        c.seq, c.version
+                    )),
+                    Some(_) => None,
+                }
+            };
+            if let Some(m) = msg {
+                self.find(Severity::Problem, FindingKind::SnapshotDamaged, &c.path, None, m);
+            }
+        }
+    }
+
+    /// Checks every projection checkpoint under `projections/` (format-spec.md §14): it
+    /// decodes, belongs to this store, sits under its own name, and is not ahead of the log.
+    fn check_projection_checkpoints(&mut self, dir: &Path, log_id: Option<[u8; 16]>, end: u64) {
+        let proj_dir = names::projections_dir(dir);
+        let Ok(mut entries) = self.storage.read_dir(&proj_dir) else { return };
+        entries.sort();
+        let max = (PROJECTION_CHECKPOINT_HEADER_BYTES + PROJECTION_NAME_BYTES_MAX) as u64
+            + PROJECTION_STATE_BYTES_MAX;
+        for name in entries {
+            let ext = format!(".{}", names::PROJECTION_CHECKPOINT_EXT);
+            if !name.ends_with(&ext) {
+                // Temp files of a replace, and files a projection keeps beside its checkpoint.
+                continue;
+            }
+            let path = proj_dir.join(&name);
+            let msg = match read_bounded(self.storage, &path, max) {
+                Ok(None) => continue,
+                Err(e) => Some(format!("cannot read the checkpoint: {e}")),
+                Ok(Some(bytes)) => match ProjectionCheckpoint::decode(&bytes) {
+                    Err(e) => Some(format!("projection checkpoint does not decode: {e}")),
+                    Ok(c) if log_id.is_some_and(|id| id != c.log_id) => {
+                        Some("the checkpoint belongs to another store".to_string())
+                    }
+                    Ok(c) if names::projection_checkpoint_file_name(&c.name) != name => {
+                        Some("the checkpoint is under another projection's name".to_string())
+                    }
+                    Ok(c) if c.position > end => Some(format!(
+                        "the checkpoint is at seq {}, ahead of the log's end {end}",
+                        c.position
+                    )),
+                    Ok(_) => None,
+                },
+            };
+            if let Some(m) = msg {
+                let kind = FindingKind::ProjectionCheckpointDamaged;
+                self.find(Severity::Problem, kind, &path, None, m);
+            }
+        }
     }
 
     fn walk_segment(
@@ -817,6 +965,12 @@ impl Walker<'_> {
                         .or_insert(StreamSummary { events: 0, first_seq: seq, last_seq: seq });
                     s.events += 1;
                     s.last_seq = seq;
+                    let version = s.events - 1;
+                    if let Some(checks) = self.snapshot_checks.get_mut(body.stream_id) {
+                        for c in checks.iter_mut().filter(|c| c.version == version) {
+                            c.found = Some((seq, body.event_id));
+                        }
+                    }
                     if self.seq_stream.is_some() {
                         let n = self.stream_ids.len() as u32;
                         *self.stream_ids.entry(body.stream_id.to_owned()).or_insert(n)

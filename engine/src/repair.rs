@@ -56,6 +56,10 @@ pub enum ActionKind {
     RebuildIndex,
     /// Move the stream-index checkpoint into quarantine.
     SetAsideCheckpoint,
+    /// Move a damaged aggregate snapshot (format-spec.md §13) into quarantine.
+    SetAsideSnapshot,
+    /// Move a damaged projection checkpoint (format-spec.md §14) into quarantine.
+    SetAsideProjectionCheckpoint,
 }
 
 impl ActionKind {
@@ -69,6 +73,8 @@ impl ActionKind {
             ActionKind::SetAsideIndex => "set_aside_index",
             ActionKind::RebuildIndex => "rebuild_index",
             ActionKind::SetAsideCheckpoint => "set_aside_checkpoint",
+            ActionKind::SetAsideSnapshot => "set_aside_snapshot",
+            ActionKind::SetAsideProjectionCheckpoint => "set_aside_projection_checkpoint",
         }
     }
 }
@@ -429,6 +435,23 @@ fn plan(
         let a = act(ActionKind::SetAsideCheckpoint, &ckpt, None, bytes, reason);
         push(report, Step::Move { file: ckpt }, a);
     }
+    // Damaged snapshots and projection checkpoints: their readers would set them aside or
+    // start over anyway; moved into quarantine, `verify` is clean again.
+    for f in &s.findings {
+        let kind = match f.kind {
+            FindingKind::SnapshotDamaged => ActionKind::SetAsideSnapshot,
+            FindingKind::ProjectionCheckpointDamaged => ActionKind::SetAsideProjectionCheckpoint,
+            _ => continue,
+        };
+        let bytes = s
+            .snapshots
+            .iter()
+            .chain(&s.projections)
+            .find(|side| side.path == f.file)
+            .map_or(0, |side| side.bytes);
+        let a = act(kind, &f.file, None, bytes, f.message.clone());
+        push(report, Step::Move { file: f.file.clone() }, a);
+    }
     Ok(steps)
 }
 
@@ -570,7 +593,13 @@ impl Quarantine<'_> {
             None => name,
         };
         let parent = rel.parent().unwrap_or(Path::new(""));
-        Ok(run.join(parent).join(name))
+        let dir = run.join(parent);
+        // `segments/` exists from the start; `snapshots/` and `projections/` on first use.
+        if !self.storage.exists(&dir).map_err(|e| Error::io("stat", &dir, e))? {
+            self.storage.create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+            self.storage.sync_dir(&run).map_err(|e| Error::io("sync dir", &run, e))?;
+        }
+        Ok(dir.join(name))
     }
 
     fn carry_out(&mut self, step: Step) -> Result<Option<PathBuf>> {
