@@ -256,6 +256,21 @@ pub struct SideFile {
     pub bytes: u64,
 }
 
+/// A projection checkpoint that checked out, and how far behind the log it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionPosition {
+    /// The checkpoint file.
+    pub path: PathBuf,
+    /// The projection's name.
+    pub name: String,
+    /// The projection's version that wrote it.
+    pub projection_version: u32,
+    /// Every event below this seq was applied.
+    pub position: u64,
+    /// Events in the log at or after `position` (as far as the log reads without damage).
+    pub lag: u64,
+}
+
 /// What [`survey`] reads beyond the frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SurveyOptions {
@@ -302,6 +317,8 @@ pub struct Survey {
     pub snapshots: Vec<SideFile>,
     /// Files under `projections/`.
     pub projections: Vec<SideFile>,
+    /// The projection checkpoints that checked out, by file name, with their lag.
+    pub projection_positions: Vec<ProjectionPosition>,
     /// What is wrong, in file order.
     pub findings: Vec<Finding>,
 }
@@ -373,6 +390,7 @@ pub fn survey_with(
         stream_ids: HashMap::new(),
         seq_base: bases.iter().copied().min().unwrap_or(0),
         snapshot_checks: HashMap::new(),
+        projection_positions: Vec::new(),
     };
     if opts.decode_events {
         w.read_snapshots(dir);
@@ -525,6 +543,7 @@ pub fn survey_with(
         checkpoint,
         snapshots: side_files(storage, &dir.join(names::SNAPSHOTS_DIR)),
         projections: side_files(storage, &dir.join(names::PROJECTIONS_DIR)),
+        projection_positions: w.projection_positions,
         findings,
     })
 }
@@ -594,6 +613,8 @@ struct Walker<'a> {
     seq_base: u64,
     /// Snapshots to check against the log, by stream: the event each one names.
     snapshot_checks: HashMap<String, Vec<SnapshotCheck>>,
+    /// Projection checkpoints that checked out.
+    projection_positions: Vec<ProjectionPosition>,
 }
 
 /// A snapshot file that decoded, and what the log holds at the version it names.
@@ -725,7 +746,16 @@ impl Walker<'_> {
                         "the checkpoint is at seq {}, ahead of the log's end {end}",
                         c.position
                     )),
-                    Ok(_) => None,
+                    Ok(c) => {
+                        self.projection_positions.push(ProjectionPosition {
+                            path: path.clone(),
+                            name: c.name,
+                            projection_version: c.projection_version,
+                            position: c.position,
+                            lag: end - c.position,
+                        });
+                        None
+                    }
                 },
             };
             if let Some(m) = msg {

@@ -105,9 +105,16 @@ fn valid_snapshots_and_checkpoints_are_clean() {
     let f = fixture();
     let (seq, id) = f.events[1];
     write_snapshot(&f, &snapshot(&f, STREAM, 1, seq, id));
-    write_checkpoint(&f, "counts.ckpt", &checkpoint(&f, "counts", 6));
+    let ck = write_checkpoint(&f, "counts.ckpt", &checkpoint(&f, "counts", 4));
     let s = survey(&f.dir, SurveyOptions::default(), &mut |_, _| {}).unwrap();
     assert!(s.findings.is_empty(), "{:?}", s.findings);
+    // Six events, the projection applied four: two behind.
+    let p = &s.projection_positions;
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        (p[0].path.clone(), p[0].name.as_str(), p[0].position, p[0].lag),
+        (ck, "counts", 4, 2)
+    );
 }
 
 #[test]

@@ -173,6 +173,13 @@ fn survey_json(s: &Survey, verdict: Verdict) -> Value {
         "checkpoint": checkpoint,
         "snapshots": side_json(dir, &s.snapshots),
         "projections": side_json(dir, &s.projections),
+        "projection_positions": s.projection_positions.iter().map(|p| json!({
+            "file": rel_json(dir, &p.path),
+            "name": p.name,
+            "version": p.projection_version,
+            "position": p.position,
+            "lag": p.lag,
+        })).collect::<Vec<Value>>(),
         "findings": s.findings.iter().map(|f| finding_json(dir, f)).collect::<Vec<_>>(),
     })
 }
@@ -261,6 +268,16 @@ pub fn inspect(dir: &Path, json_out: bool, out: &mut dyn Write) -> io::Result<Ve
     writeln!(out, "  checkpoint      {ck}")?;
     write_side(out, dir, "snapshots", &s.snapshots)?;
     write_side(out, dir, "projections", &s.projections)?;
+    for p in &s.projection_positions {
+        writeln!(
+            out,
+            "    projection {} (version {}): position {}, lag {} events",
+            escape::text(&p.name),
+            p.projection_version,
+            grouped(p.position),
+            grouped(p.lag)
+        )?;
+    }
     for f in &s.findings {
         write_finding(out, dir, f)?;
     }
