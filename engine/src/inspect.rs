@@ -724,8 +724,8 @@ impl Walker<'_> {
         entries.sort();
         let max = (PROJECTION_CHECKPOINT_HEADER_BYTES + PROJECTION_NAME_BYTES_MAX) as u64
             + PROJECTION_STATE_BYTES_MAX;
+        let ext = format!(".{}", names::PROJECTION_CHECKPOINT_EXT);
         for name in entries {
-            let ext = format!(".{}", names::PROJECTION_CHECKPOINT_EXT);
             if !name.ends_with(&ext) {
                 // Temp files of a replace, and files a projection keeps beside its checkpoint.
                 continue;
