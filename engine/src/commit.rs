@@ -42,6 +42,8 @@ pub(crate) struct WriterState {
     /// The active segment ends with a close frame and nothing was written since (a clean
     /// open with no appends): closing again needs no new close frame.
     pub tail_is_close: bool,
+    /// A spare segment was asked for while this segment is active (format-spec.md §6.2).
+    spare_requested: bool,
     /// Finalized frames of the group being written, and their total bytes.
     frames: Vec<PreparedBatch>,
     pending: u64,
@@ -66,6 +68,7 @@ impl WriterState {
             next_seq,
             last_timestamp_us,
             tail_is_close: false,
+            spare_requested: false,
             frames: Vec::new(),
             pending: 0,
             buf: Vec::new(),
@@ -443,6 +446,12 @@ impl Inner {
             }
             ws.active.readable_end.store(ws.write_pos, Ordering::Release);
             self.committer.written.store(ws.next_seq, Ordering::Release);
+            if !ws.spare_requested && ws.write_pos >= self.opts.segment_bytes / 2 {
+                ws.spare_requested = true;
+                if let Some(p) = &self.preparer {
+                    p.request();
+                }
+            }
         }
         if sync && ws.synced_pos < ws.write_pos {
             self.sync_active(ws)?;
@@ -537,14 +546,35 @@ impl Inner {
             self.sync_active(ws)?;
         }
         let base = ws.next_seq;
-        let (path, file) = match segment::create(
-            self.storage.as_ref(),
-            &self.seg_dir,
-            self.log_id,
-            base,
-            self.opts.segment_bytes,
-            self.opts.preallocate,
-        ) {
+        // A spare prepared ahead (zero-filled and synced) if one is ready; never waited for.
+        let spare = self.preparer.as_ref().and_then(|p| p.take());
+        let prepared = match spare.map(|s| {
+            segment::activate_spare(self.storage.as_ref(), &self.seg_dir, self.log_id, base, s)
+        }) {
+            Some(Ok(created)) => Some(created),
+            Some(Err(segment::SpareError::Changed(e))) => return Err(self.poison(e)),
+            // The header did not take: the spare is gone, the directory unchanged.
+            Some(Err(segment::SpareError::Untouched)) => {
+                if let Some(p) = &self.preparer {
+                    p.note_failure();
+                }
+                None
+            }
+            None => None,
+        };
+        let zeroed = prepared.is_some();
+        let created = match prepared {
+            Some(created) => Ok(created),
+            None => segment::create(
+                self.storage.as_ref(),
+                &self.seg_dir,
+                self.log_id,
+                base,
+                self.opts.segment_bytes,
+                self.opts.preallocate,
+            ),
+        };
+        let (path, file) = match created {
             Ok(created) => created,
             // Nothing changed: the old segment is intact and still active.
             Err(e @ Error::StorageFull { .. }) => return Err(e),
@@ -585,7 +615,9 @@ impl Inner {
         ws.active = seg;
         ws.write_pos = SEGMENT_HEADER_BYTES as u64;
         ws.synced_pos = ws.write_pos;
-        ws.zeroed_to = ws.write_pos;
+        // A prepared segment was written whole with zeros: nothing left to zero ahead.
+        ws.zeroed_to = if zeroed { self.opts.segment_bytes } else { ws.write_pos };
+        ws.spare_requested = false;
         self.stats.rolls.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -603,6 +635,11 @@ impl Inner {
         st.closed = true;
         // Wake the flusher so it ends now rather than after its next delay.
         drop(self.flusher_stop.lock().unwrap_or_else(|e| e.into_inner()).take());
+        // No roll comes after a close: stop preparing and remove an unused spare, while the
+        // directory's lock is still held.
+        if let Some(p) = &self.preparer {
+            p.stop();
+        }
         while st.leader || !st.queue.is_empty() {
             if !st.leader {
                 // Appenders are queued but none has taken the lead yet: let them.

@@ -21,6 +21,7 @@ mod index;
 mod log;
 mod log_edit;
 mod options;
+mod prepare;
 mod projection;
 pub mod repair;
 mod segment;

@@ -212,6 +212,8 @@ pub(crate) struct Inner {
     pub dense_bytes: AtomicU64,
     /// Wake-ups for subscribers when the visible end advances (see `commit::Notifier`).
     pub heads: crate::commit::Notifier,
+    /// Prepares the next segment in the background (`Options::prepare_segments`).
+    pub preparer: Option<crate::prepare::Preparer>,
     /// Dropping this ends the `Batched` flusher thread.
     pub flusher_stop: std::sync::Mutex<Option<crossbeam_channel::Sender<()>>>,
     pub _lock: Option<Box<dyn LockGuard>>,
@@ -303,7 +305,16 @@ impl Log {
         let recovered = recover(storage.as_ref(), &seg_dir, &opts, writable, start)?;
         let Recovered { log_id, segments, writer, report } = recovered;
         let next_seq = writer.next_seq;
+        let preparer = (writable
+            && opts.preallocate
+            && opts.prepare_segments
+            && storage.zero_fill_pays(&seg_dir))
+        .then(|| {
+            let spare = seg_dir.join(names::SPARE_SEGMENT_FILE);
+            crate::prepare::Preparer::new(Arc::clone(&storage), spare, opts.segment_bytes)
+        });
         let inner = Arc::new(Inner {
+            preparer,
             storage,
             dir,
             seg_dir,
@@ -417,7 +428,13 @@ impl Log {
 
     /// Counters since open.
     pub fn stats(&self) -> StatsSnapshot {
-        self.inner.stats.snapshot()
+        let mut s = self.inner.stats.snapshot();
+        if let Some(p) = &self.inner.preparer {
+            s.prepared_rolls = p.used();
+            s.spare_failures = p.failed();
+            s.spare_ready = p.is_ready();
+        }
+        s
     }
 
     /// What opening the store found and did.

@@ -17,6 +17,9 @@ pub const LOG_TRUNCATE_FILE: &str = "log.truncate";
 pub const SEGMENTS_DIR: &str = "segments";
 /// Suffix of a temp file being written for an atomic replace or a segment being created.
 pub const TMP_SUFFIX: &str = ".tmp";
+/// The spare segment a background thread prepares (zero-filled and synced) for the next
+/// roll (format-spec.md §6.2). A temp file: it never holds a record under this name.
+pub const SPARE_SEGMENT_FILE: &str = "spare.seg.tmp";
 /// Extension of segment files.
 pub const SEGMENT_EXT: &str = "seg";
 /// Extension of index files.
@@ -77,6 +80,9 @@ pub enum SegmentDirEntry {
 /// Classifies a name found in the segments directory. Only exact 20-digit names parse as
 /// segments or indexes, so `0.seg` or `+0000000000000000001.seg` are foreign.
 pub fn parse_segment_dir_entry(name: &str) -> SegmentDirEntry {
+    if name == SPARE_SEGMENT_FILE {
+        return SegmentDirEntry::Temp;
+    }
     if let Some(stem) = name.strip_suffix(TMP_SUFFIX)
         && parse_base(stem).is_some()
     {
@@ -312,6 +318,8 @@ mod tests {
             );
             assert_eq!(parse_segment_dir_entry(&format!("{s}.tmp")), SegmentDirEntry::Temp);
             assert_eq!(parse_segment_dir_entry(&format!("{s}.tmp.tmp")), SegmentDirEntry::Foreign);
+            assert_eq!(parse_segment_dir_entry(SPARE_SEGMENT_FILE), SegmentDirEntry::Temp);
+            assert_eq!(parse_segment_dir_entry("spare.seg"), SegmentDirEntry::Foreign);
             assert_eq!(
                 parse_segment_dir_entry(&broken_tail_name(base, 7)),
                 SegmentDirEntry::Broken

@@ -62,6 +62,15 @@ pub struct Options {
     /// it off. Only used with `preallocate`. It changes no byte of the format: zeros after
     /// the last frame are what a preallocated segment holds anyway (format-spec.md §6.2).
     pub zero_ahead_bytes: u64,
+    /// Prepare the next segment ahead of the roll: once the active segment is half full, a
+    /// background thread creates a spare file, writes zeros over all of its space and syncs
+    /// it, so the segment that follows a roll starts fully written and every `fdatasync`
+    /// into it flushes data only (format-spec.md §6.2). The zeros cost device bandwidth off
+    /// the appenders' path; a roll that finds no spare ready creates its segment the
+    /// ordinary way and does not wait. Only with `preallocate`, and only on storage where
+    /// zeroing pays ([`crate::fs::Storage::zero_fill_pays`]: the real file system). Default
+    /// true.
+    pub prepare_segments: bool,
 }
 
 impl Default for Options {
@@ -74,6 +83,7 @@ impl Default for Options {
             point_read_index_bytes: 64 << 20,
             preallocate: true,
             zero_ahead_bytes: 1 << 20,
+            prepare_segments: true,
         }
     }
 }

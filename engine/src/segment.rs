@@ -589,6 +589,42 @@ pub(crate) fn create(
     Ok((path, Arc::from(file)))
 }
 
+/// Why a prepared spare could not become a segment.
+#[derive(Debug)]
+pub(crate) enum SpareError {
+    /// Writing or syncing the header failed: the directory is unchanged and the spare was
+    /// removed (best effort), so the roll can still create its segment the ordinary way.
+    Untouched,
+    /// The rename or the directory fsync failed: the directory may have changed.
+    Changed(Error),
+}
+
+/// Turns a prepared spare (zero-filled to `segment_bytes` and synced, format-spec.md §6.2)
+/// into segment `base`: the last steps of [`create`], header, fdatasync, rename, directory
+/// fsync. Only after this may a record in it be acknowledged.
+pub(crate) fn activate_spare(
+    storage: &dyn Storage,
+    seg_dir: &Path,
+    log_id: [u8; 16],
+    base: u64,
+    (spare_path, file): (PathBuf, Box<dyn StorageFile>),
+) -> Result<(PathBuf, Arc<dyn StorageFile>), SpareError> {
+    let header = SegmentHeader { log_id, base_seq: base, created_unix_ms: now_unix_ms() };
+    if file.write_all_at(&header.encode(), 0).and_then(|()| file.sync_data()).is_err() {
+        drop(file);
+        // Not a segment yet (wrong name): it holds no record, only zeros and the header.
+        let _ = storage.remove_file(&spare_path);
+        return Err(SpareError::Untouched);
+    }
+    let path = seg_dir.join(names::segment_file_name(base));
+    let changed = |op: &'static str, p: &Path, e: io::Error| {
+        SpareError::Changed(Error::Io { op, path: p.to_path_buf(), source: Arc::new(e) })
+    };
+    storage.rename(&spare_path, &path).map_err(|e| changed("rename", &spare_path, e))?;
+    storage.sync_dir(seg_dir).map_err(|e| changed("sync dir", seg_dir, e))?;
+    Ok((path, Arc::from(file)))
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -45,6 +45,9 @@ impl Stats {
             fsync_nanos_max: self.fsync_nanos_max.load(Relaxed),
             rolls: self.rolls.load(Relaxed),
             index_rebuilds: self.index_rebuilds.load(Relaxed),
+            prepared_rolls: 0,
+            spare_failures: 0,
+            spare_ready: false,
         }
     }
 }
@@ -73,6 +76,14 @@ pub struct StatsSnapshot {
     /// Indexes rebuilt from their segment because the file was missing, bad or stale (the
     /// active segment's after a crash included; files are rewritten at close).
     pub index_rebuilds: u64,
+    /// Rolls whose new segment was a spare prepared ahead (`Options::prepare_segments`):
+    /// zero-filled and synced before the roll.
+    pub prepared_rolls: u64,
+    /// Spare preparations that failed (a full disk, an I/O error); the roll after one
+    /// creates its segment the ordinary way.
+    pub spare_failures: u64,
+    /// A prepared spare is waiting for the next roll.
+    pub spare_ready: bool,
 }
 
 impl StatsSnapshot {

@@ -399,6 +399,9 @@ fn options(case: &Case, dur: Dur) -> Options {
         zero_ahead_bytes: [0, 1000, 1 << 20][(case.seed % 3) as usize],
         // Small, so that point reads also run past the budget and fall back to a cursor.
         point_read_index_bytes: 4 << 10,
+        // On, as by default; a `SimFs` does not prepare segments unless a test asks it to
+        // (`SimFs::set_zero_fill_pays`), which tests/prepared_segments.rs does.
+        prepare_segments: true,
     }
 }
 

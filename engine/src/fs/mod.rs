@@ -100,6 +100,17 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// Takes an exclusive lock on the file at `path` (created if missing), without blocking.
     /// Returns `Ok(None)` if another holder has it. The lock lives as long as the guard.
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>>;
+    /// Whether writing a segment's space with zeros before use makes later `fdatasync`
+    /// calls cheaper, which is what a real file system with unwritten extents does (ext4,
+    /// XFS). When true, a writable log prepares its next segment in a background thread
+    /// (format-spec.md §6.2, `Options::prepare_segments`). Default false: a storage without
+    /// that cost (an in-memory simulation) keeps its operations on the callers' threads,
+    /// in a reproducible order.
+    /// `dir` is the directory the segments live in.
+    fn zero_fill_pays(&self, dir: &Path) -> bool {
+        let _ = dir;
+        false
+    }
 }
 
 /// Atomically replaces `path` with `bytes`: temp file in the same directory, write, fsync,

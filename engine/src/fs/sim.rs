@@ -195,6 +195,8 @@ struct State {
     sync_fault: Option<Countdown>,
     write_fault: Option<(Countdown, bool)>,
     preallocate_supported: bool,
+    /// What [`Storage::zero_fill_pays`] answers (false unless a test turns it on).
+    zero_fill_pays: bool,
     sync_delay: Duration,
     tracing: bool,
     trace: Vec<TraceEvent>,
@@ -368,6 +370,7 @@ impl State {
             sync_fault: None,
             write_fault: None,
             preallocate_supported: true,
+            zero_fill_pays: false,
             sync_delay: Duration::ZERO,
             tracing: false,
             trace: Vec::new(),
@@ -739,6 +742,13 @@ impl SimFs {
         self.lock().preallocate_supported = supported;
     }
 
+    /// What [`Storage::zero_fill_pays`] answers. Off by default, so logs on a `SimFs` run no
+    /// background preparer thread and every operation happens in a reproducible order; a
+    /// test of prepared segments (format-spec.md §6.2) turns it on.
+    pub fn set_zero_fill_pays(&self, pays: bool) {
+        self.lock().zero_fill_pays = pays;
+    }
+
     /// How long each `sync_data` stays in flight (with the state unlocked, so other threads
     /// can write meanwhile). `Duration::ZERO`, the default, means no sleep.
     pub fn set_sync_delay(&self, delay: Duration) {
@@ -1045,6 +1055,10 @@ fn is_a_directory(key: &Path) -> io::Error {
 }
 
 impl Storage for SimFs {
+    fn zero_fill_pays(&self, _dir: &Path) -> bool {
+        self.lock().zero_fill_pays
+    }
+
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
         let key = normalize(path);
         let (parent, name) = split(&key)?;
