@@ -463,8 +463,8 @@ const PLAIN_CHUNK_BYTES: u64 = 64 << 20;
 /// One store receiving durable single-event appends.
 enum Durable {
     /// annal with `Options::default()`: `Durability::Sync`, 64 MiB preallocated segments;
-    /// and the appends made before timing (to get past the first segment).
-    Annal(Log, u64),
+    /// and the appends and fsyncs made before timing (to get past the first segment).
+    Annal(Log, u64, u64),
     /// The leader/follower group commit over a plain file prepared in chunks.
     Plain(Box<GroupCommitFile>, PathBuf),
     /// okaywal with its default configuration.
@@ -477,10 +477,11 @@ impl Durable {
         Ok(match i {
             0 => {
                 let log = Log::open(env.fresh("durable-annal"), Options::default())?;
-                let appends = establish(&log)?;
-                Durable::Annal(log, appends)
+                establish(&log)?;
+                let st = log.stats();
+                Durable::Annal(log, st.appends, st.fsyncs)
             }
-            1 => Durable::Annal(Log::open(env.fresh("durable-annal"), Options::default())?, 0),
+            1 => Durable::Annal(Log::open(env.fresh("durable-annal"), Options::default())?, 0, 0),
             2 | 3 => {
                 let path = env.fresh("durable-plain");
                 let space = if i == 2 {
@@ -500,7 +501,7 @@ impl Durable {
     /// Appends one event and returns once it is durable.
     fn append(&self, payload: &[u8]) -> R<()> {
         match self {
-            Durable::Annal(log, _) => {
+            Durable::Annal(log, ..) => {
                 log.append(&[payload])?;
             }
             Durable::Plain(gc, _) => gc.append(&[payload])?,
@@ -513,17 +514,17 @@ impl Durable {
     /// fsync count where the system reports one.
     fn finish(self, ops: u64) -> R<Option<u64>> {
         match self {
-            Durable::Annal(log, before) => {
+            Durable::Annal(log, appends_before, fsyncs_before) => {
                 let st = log.stats();
                 let dir = log.dir().to_path_buf();
                 log.close()?;
                 remove(&dir)?;
-                if st.appends - before != ops {
+                if st.appends - appends_before != ops {
                     return Err(
                         format!("annal counted {} appends, the threads {ops}", st.appends).into()
                     );
                 }
-                Ok(Some(st.fsyncs))
+                Ok(Some(st.fsyncs - fsyncs_before))
             }
             Durable::Plain(gc, path) => {
                 let (events, fsyncs) = (gc.events(), gc.fsyncs());
@@ -545,14 +546,12 @@ impl Durable {
 
 /// Brings a fresh log to the state of any store past its first segment: fills the first
 /// segment in batches until its half, waits for the spare the background thread prepares
-/// (format-spec.md §6.2), and rolls onto it. Returns the appends made.
-fn establish(log: &Log) -> R<u64> {
+/// (format-spec.md §6.2), and rolls onto it.
+fn establish(log: &Log) -> R<()> {
     let batch: Vec<Vec<u8>> = (0..1000).map(|i| vec![(i % 251) as u8; EVENT_BYTES]).collect();
     let half = Options::default().segment_bytes / 2;
-    let mut appends = 0;
     while log.stats().bytes_written < half + (1 << 20) {
         log.append(&batch)?;
-        appends += 1;
     }
     let waited = Instant::now();
     while !log.stats().spare_ready {
@@ -563,12 +562,11 @@ fn establish(log: &Log) -> R<u64> {
     }
     while log.stats().rolls == 0 {
         log.append(&batch)?;
-        appends += 1;
     }
     if log.stats().prepared_rolls != 1 {
         return Err("the roll did not take the prepared spare".into());
     }
-    Ok(appends)
+    Ok(())
 }
 
 /// One repetition at one thread count: every system gets `durable_secs` in total, cut into
