@@ -367,6 +367,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store.append(stream, Expected::Any.into(), &batch).map_err(|e| rerr(&e))?;
             i += run;
         }
+        // The new store's events must be durable before `sm.meta` names it (`persist` below
+        // syncs the store in use, which is still the old one).
+        store.log().sync().map_err(|e| rerr(&e))?;
         let old = inner.meta.generation;
         let end = store.log().visible_end();
         let mut new_meta = SmMeta {
