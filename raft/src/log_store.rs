@@ -217,26 +217,11 @@ fn flusher_gone() -> StorageError<u64> {
     StorageIOError::write_logs(AnyError::error("the raft log's flusher thread is gone")).into()
 }
 
-/// Removes `path` and everything under it, through `storage`.
-fn remove_tree(storage: &dyn Storage, path: &Path) -> std::io::Result<()> {
-    for name in storage.read_dir(path)? {
-        let child = path.join(name);
-        match storage.read_dir(&child) {
-            Ok(_) => remove_tree(storage, &child)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-                storage.remove_file(&child)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    storage.remove_dir(path)
-}
-
 fn remove_other_generations(storage: &dyn Storage, dir: &Path, keep: u64) -> std::io::Result<()> {
     for name in storage.read_dir(dir)? {
         let Some(n) = name.strip_prefix("log-") else { continue };
         if n.parse::<u64>().is_ok_and(|g| g != keep) {
-            remove_tree(storage, &dir.join(&name))?;
+            meta::remove_tree(storage, &dir.join(&name))?;
         }
     }
     Ok(())
@@ -398,7 +383,7 @@ impl Inner {
         let generation = old + 1;
         let gdir = generation_dir(&self.dir, generation);
         if self.storage.exists(&gdir)? {
-            remove_tree(self.storage.as_ref(), &gdir)?;
+            meta::remove_tree(self.storage.as_ref(), &gdir)?;
         }
         let log = Log::open_with(Arc::clone(&self.storage), &gdir, self.opts.clone())
             .map_err(std::io::Error::other)?;
@@ -412,7 +397,7 @@ impl Inner {
             // Its entries were all purged or truncated: nothing of it is needed any more.
             let _ = old_log.close();
         }
-        remove_tree(self.storage.as_ref(), &generation_dir(&self.dir, old))
+        meta::remove_tree(self.storage.as_ref(), &generation_dir(&self.dir, old))
     }
 }
 
