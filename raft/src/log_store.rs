@@ -7,8 +7,13 @@
 //! every message queued, writes every pending entry to the log (which runs under
 //! `Durability::None`: a write, no fsync), syncs once, drops the synced entries from
 //! `pending`, and only then calls the callbacks, with `Ok`. So one fsync covers as many
-//! `append` calls as arrive while the previous one runs, and openraft's core never waits for
-//! a disk. A failed write or fsync poisons the annal log (it is never retried); the flusher
+//! `append` calls as arrive while the previous one runs, and no async task blocks in an
+//! fsync. (openraft 0.9.25's core itself still awaits each callback before its next command,
+//! `append_to_log` in its `raft_core.rs`, so today each round holds one `append` call; an
+//! openraft that pipelines appends gets group commit across calls from this same code.)
+//! Each entry is its own annal batch, written by the flusher one after the other, so that a
+//! truncate can cut at any entry. A failed write or fsync poisons the annal log (it is never
+//! retried); the flusher
 //! reports the error to every callback of that round and every later one, and every later
 //! call fails: nothing is acknowledged after a failed fsync.
 //!
