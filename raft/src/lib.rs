@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 mod log_store;
 pub mod mem_network;
 mod meta;
+mod snapshot_file;
 mod state_machine;
 
 pub use log_store::{LogReader, LogStore};

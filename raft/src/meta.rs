@@ -1,6 +1,7 @@
 //! Small sidecars of the raft log and the state machine: a CRC-32 (u32 LE) followed by the
 //! JSON of the value, replaced with `annal::fs::write_atomic` (temp file, fsync, rename, fsync
 //! of the directory), so a crash leaves the old or the new value, and damage is detected.
+//! Also the removal of a directory tree through the `Storage` trait.
 
 use std::path::Path;
 
@@ -49,4 +50,19 @@ pub(crate) fn store<T: Serialize>(
     let mut bytes = annal::format::crc32(&body).to_le_bytes().to_vec();
     bytes.extend_from_slice(&body);
     annal::fs::write_atomic(storage, path, &bytes)
+}
+
+/// Removes `path` and everything under it, through `storage` (old log or store generations).
+pub(crate) fn remove_tree(storage: &dyn Storage, path: &Path) -> std::io::Result<()> {
+    for name in storage.read_dir(path)? {
+        let child = path.join(name);
+        match storage.read_dir(&child) {
+            Ok(_) => remove_tree(storage, &child)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                storage.remove_file(&child)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    storage.remove_dir(path)
 }

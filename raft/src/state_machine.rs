@@ -1,10 +1,13 @@
 //! The state machine: committed [`AppendRequest`]s applied to an annal [`Store`].
 //!
 //! Directory layout: `sm.meta` (the last applied log id, the last membership, which
-//! generation directory holds the store, and the store's end at the last applied entry) and
-//! `store-<generation>/`, an annal store. A snapshot is every event of the store in seq order
-//! (JSON); installing one fills a new generation and commits it with the atomic replace of
-//! `sm.meta`.
+//! generation directory holds the store, and the store's end at the last applied entry),
+//! `store-<generation>/`, an annal store, and `sm.snapshot`, the current snapshot
+//! (format-spec.md §17). A snapshot is every event of the store in seq order (JSON);
+//! installing one fills a new generation and commits it with the atomic replace of
+//! `sm.meta`. The current snapshot (built or installed) is written to `sm.snapshot` with the
+//! atomic replace of `annal::fs::write_atomic` and loaded again at open, so a restarted node
+//! can still send it; a damaged one is moved aside to `sm.snapshot.broken-<n>`, never used.
 //!
 //! **Crash consistency.** The store runs under `Durability::None` and `apply` syncs it once
 //! per call, so its events are durable before `apply` returns (one fsync per batch of
@@ -22,7 +25,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use annal::fs::{StdFs, Storage};
+use annal::fs::{OpenMode, StdFs, Storage};
 use annal::{Durability, NewEvent, Options, Store, StoreOptions};
 use bytes::Bytes;
 use openraft::storage::RaftStateMachine;
@@ -32,12 +35,17 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{AppendRequest, AppendResponse, Expected, TypeConfig, meta};
+use crate::{AppendRequest, AppendResponse, Expected, TypeConfig, meta, snapshot_file};
 
 type Entry = openraft::Entry<TypeConfig>;
 type SResult<T> = Result<T, StorageError<u64>>;
 
 const META_FILE: &str = "sm.meta";
+/// The current snapshot (format-spec.md §17).
+const SNAPSHOT_FILE: &str = "sm.snapshot";
+/// At most this many damaged snapshot files are kept aside (`sm.snapshot.broken-<n>`); past
+/// that the open fails rather than delete one.
+pub const SNAPSHOT_SET_ASIDE_MAX: u32 = 1000;
 
 /// `sm.meta` is replaced at least this often (in applied entries); a crash costs at most this
 /// many entries applied again.
@@ -73,6 +81,8 @@ struct Inner {
     applied_since_persist: u64,
     snapshot: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
     snapshots_built: u64,
+    /// Where a damaged `sm.snapshot` was moved at open, if it was.
+    snapshot_set_aside: Option<PathBuf>,
 }
 
 /// The state machine. Clones share one store.
@@ -124,27 +134,37 @@ pub fn store_digest(store: &Store) -> annal::Result<u64> {
 }
 
 impl StateMachine {
-    /// Opens (creating if needed) the state machine in `dir`. The store's durability is
-    /// replaced by `Durability::None`: `apply` syncs once per call.
+    /// Opens (creating if needed) the state machine in `dir` on the real file system. The
+    /// store's durability is replaced by `Durability::None`: `apply` syncs once per call.
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<StateMachine, annal::Error> {
+        StateMachine::open_with(Arc::new(StdFs), dir, opts)
+    }
+
+    /// [`StateMachine::open`] on the given storage (for tests: [`annal::fs::SimFs`]). Loads
+    /// the current snapshot from `sm.snapshot`; a damaged one is moved aside
+    /// ([`StateMachine::snapshot_set_aside`]) and the node starts without a snapshot.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: StoreOptions,
+    ) -> Result<StateMachine, annal::Error> {
         let dir = dir.as_ref().to_path_buf();
         let bad = |e: std::io::Error| crate::io_error("open state machine", &dir, e);
-        std::fs::create_dir_all(&dir).map_err(bad)?;
-        let storage: Arc<dyn Storage> = Arc::new(StdFs);
+        storage.create_dir_all(&dir).map_err(bad)?;
         let meta: SmMeta =
             meta::load(storage.as_ref(), &dir.join(META_FILE)).map_err(bad)?.unwrap_or_default();
-        for e in std::fs::read_dir(&dir).map_err(bad)? {
-            let e = e.map_err(bad)?;
-            let name = e.file_name();
-            let Some(g) = name.to_str().and_then(|n| n.strip_prefix("store-")) else { continue };
+        for name in storage.read_dir(&dir).map_err(bad)? {
+            let Some(g) = name.strip_prefix("store-") else { continue };
             if g.parse::<u64>().is_ok_and(|g| g != meta.generation) {
                 // A snapshot install that did not commit, or an old generation.
-                std::fs::remove_dir_all(e.path()).map_err(bad)?;
+                meta::remove_tree(storage.as_ref(), &dir.join(&name)).map_err(bad)?;
             }
         }
+        let (snapshot, snapshot_set_aside) = load_snapshot(storage.as_ref(), &dir)?;
         let opts =
             StoreOptions { log: Options { durability: Durability::None, ..opts.log }, ..opts };
-        let store = Store::open(store_dir(&dir, meta.generation), opts.clone())?;
+        let store =
+            Store::open_with(Arc::clone(&storage), store_dir(&dir, meta.generation), opts.clone())?;
         let horizon = meta.store_end;
         let inner = Inner {
             dir,
@@ -154,10 +174,16 @@ impl StateMachine {
             store,
             horizon,
             applied_since_persist: 0,
-            snapshot: None,
+            snapshot,
             snapshots_built: 0,
+            snapshot_set_aside,
         };
         Ok(StateMachine { inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    /// Where a damaged `sm.snapshot` was moved when this state machine was opened, if one was.
+    pub fn snapshot_set_aside(&self) -> Option<PathBuf> {
+        self.lock().snapshot_set_aside.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -172,6 +198,67 @@ impl StateMachine {
     /// [`store_digest`] of the current store.
     pub fn digest(&self) -> annal::Result<u64> {
         store_digest(&self.lock().store)
+    }
+}
+
+type SnapshotPair = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
+
+/// Replaces `sm.snapshot` with `meta` and `data`, atomically and durably.
+fn save_snapshot(
+    storage: &dyn Storage,
+    dir: &Path,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let meta_json = serde_json::to_vec(meta).map_err(|e| meta::err(&path, e))?;
+    let bytes = snapshot_file::encode(&meta_json, data).map_err(|e| meta::err(&path, e))?;
+    annal::fs::write_atomic(storage, &path, &bytes)
+}
+
+/// Loads `sm.snapshot`: `(None, None)` if there is none; `(None, Some(path))` if it was
+/// damaged and moved to `path`. Read errors (not damage) fail the open.
+fn load_snapshot(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<(Option<SnapshotPair>, Option<PathBuf>), annal::Error> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let io = |op, e| crate::io_error(op, &path, e);
+    if !storage.exists(&path).map_err(|e| io("stat", e))? {
+        return Ok((None, None));
+    }
+    let file = storage.open(&path, OpenMode::Read).map_err(|e| io("open", e))?;
+    let len = file.len().map_err(|e| io("stat", e))?;
+    // The header first: its lengths must match the file's before the body is allocated.
+    let mut head = vec![0u8; len.min(snapshot_file::SNAPSHOT_HEADER_BYTES as u64) as usize];
+    file.read_exact_at(&mut head, 0).map_err(|e| io("read", e))?;
+    let judged = snapshot_file::decode_header(&head, len).and_then(|_| {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, 0).map_err(|_| {
+            annal::format::DecodeError::Inconsistent("snapshot file changed while read")
+        })?;
+        let (m, d) = snapshot_file::decode(&buf)?;
+        let meta: SnapshotMeta<u64, BasicNode> = serde_json::from_slice(m)
+            .map_err(|_| annal::format::DecodeError::Inconsistent("snapshot meta JSON"))?;
+        Ok((meta, d.to_vec()))
+    });
+    drop(file);
+    match judged {
+        Ok(pair) => Ok((Some(pair), None)),
+        Err(_) => {
+            // Damaged: never trusted, never deleted. The state machine's store is intact;
+            // the next snapshot is built from it.
+            for n in 0..SNAPSHOT_SET_ASIDE_MAX {
+                let to = dir.join(format!("{SNAPSHOT_FILE}.broken-{n}"));
+                if storage.exists(&to).map_err(|e| io("stat", e))? {
+                    continue;
+                }
+                storage.rename(&path, &to).map_err(|e| io("set aside", e))?;
+                storage.sync_dir(dir).map_err(|e| io("sync dir", e))?;
+                return Ok((None, Some(to)));
+            }
+            Err(io("set aside", std::io::Error::other("too many damaged snapshots set aside")))
+        }
     }
 }
 
@@ -275,6 +362,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: inner.meta.membership.clone(),
             snapshot_id,
         };
+        save_snapshot(inner.storage.as_ref(), &inner.dir, &meta, &data).map_err(|e| werr(&e))?;
         inner.snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -347,10 +435,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Fill a new generation; `sm.meta` naming it is the commit point.
         let generation = inner.meta.generation + 1;
         let gdir = store_dir(&inner.dir, generation);
-        if gdir.exists() {
-            std::fs::remove_dir_all(&gdir).map_err(|e| rerr(&e))?;
+        if inner.storage.exists(&gdir).map_err(|e| rerr(&e))? {
+            meta::remove_tree(inner.storage.as_ref(), &gdir).map_err(|e| rerr(&e))?;
         }
-        let store = Store::open(&gdir, inner.opts.clone()).map_err(|e| rerr(&e))?;
+        let store = Store::open_with(Arc::clone(&inner.storage), &gdir, inner.opts.clone())
+            .map_err(|e| rerr(&e))?;
         let mut i = 0;
         while i < events.len() {
             let stream = &events[i].stream;
@@ -367,6 +456,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store.append(stream, Expected::Any.into(), &batch).map_err(|e| rerr(&e))?;
             i += run;
         }
+        // The new store's events must be durable before `sm.meta` names it (`persist` below
+        // syncs the store in use, which is still the old one).
+        store.log().sync().map_err(|e| rerr(&e))?;
         let old = inner.meta.generation;
         let end = store.log().visible_end();
         let mut new_meta = SmMeta {
@@ -383,7 +475,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let old_store = std::mem::replace(&mut inner.store, store);
         let _ = old_store.close();
-        std::fs::remove_dir_all(store_dir(&inner.dir, old)).map_err(|e| rerr(&e))?;
+        let old_dir = store_dir(&inner.dir, old);
+        meta::remove_tree(inner.storage.as_ref(), &old_dir).map_err(|e| rerr(&e))?;
+        // The installed snapshot is the current one, also after a restart.
+        save_snapshot(inner.storage.as_ref(), &inner.dir, meta, &data).map_err(|e| rerr(&e))?;
         inner.snapshot = Some((meta.clone(), data));
         Ok(())
     }

@@ -93,6 +93,14 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory. Storages that cannot (test wrappers that do not forward
+    /// it) fail with `ErrorKind::Unsupported`, the default.
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: this storage does not remove directories", path.display()),
+        ))
+    }
     /// Makes the directory's entries durable (fsync of the directory).
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Whether `path` exists.

@@ -12,7 +12,7 @@
 //!   and removing a file change `current` at once and are pending operations of the directory
 //!   (of both directories for a rename across directories, each deciding independently).
 //!   `sync_dir` applies them to `durable`. Directories themselves are durable as soon as
-//!   `create_dir_all` returns.
+//!   `create_dir_all` returns, and gone for good once `remove_dir` returns.
 //! * [`SimFs::crash`] simulates power loss. Each pending file operation is independently kept,
 //!   dropped, torn (a prefix of a write reaches the disk, possibly nothing) or garbled (random
 //!   bytes over a sub-range of the write, with the rest of the write either intact or absent);
@@ -1194,6 +1194,29 @@ impl Storage for SimFs {
         Ok(())
     }
 
+    /// Directories are durable from their creation in the simulation, and so is their
+    /// removal: a crash neither loses a directory nor brings a removed one back. Only an
+    /// empty directory (no file, no subdirectory, as `current` sees it) can be removed.
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let key = normalize(path);
+        let mut st = self.lock();
+        st.check_alive()?;
+        let dir = st.dirs.get(&key).ok_or_else(|| not_found(&key))?;
+        let has_subdir = st.dirs.keys().any(|d| d.parent() == Some(key.as_path()));
+        if !dir.current.is_empty() || has_subdir {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("{}: directory not empty", key.display()),
+            ));
+        }
+        let orphans: Vec<u64> = dir.durable.values().copied().collect();
+        st.dirs.remove(&key);
+        for ino in orphans {
+            st.maybe_gc(ino);
+        }
+        Ok(())
+    }
+
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let key = normalize(path);
         let mut st = self.lock();
@@ -1814,5 +1837,23 @@ mod tests {
         g.write_all_at(b"y", 0).unwrap();
         g.sync_data().unwrap();
         sim.sync_dir(Path::new("/d")).unwrap();
+    }
+
+    #[test]
+    fn remove_dir_needs_an_empty_directory_and_survives_a_crash() {
+        let sim = SimFs::new(4);
+        sim.create_dir_all(Path::new("/d/sub")).unwrap();
+        let f = sim.open(Path::new("/d/sub/f"), OpenMode::CreateNew).unwrap();
+        f.sync_data().unwrap();
+        sim.sync_dir(Path::new("/d/sub")).unwrap();
+        drop(f);
+        assert!(sim.remove_dir(Path::new("/d")).is_err(), "has a subdirectory");
+        assert!(sim.remove_dir(Path::new("/d/sub")).is_err(), "has a file");
+        sim.remove_file(Path::new("/d/sub/f")).unwrap();
+        sim.remove_dir(Path::new("/d/sub")).unwrap();
+        assert!(!sim.exists(Path::new("/d/sub")).unwrap());
+        sim.crash_with(CrashMode::DropAll);
+        assert!(!sim.exists(Path::new("/d/sub")).unwrap());
+        assert!(sim.read_dir(Path::new("/d")).unwrap().is_empty());
     }
 }
