@@ -210,7 +210,7 @@ impl RepairReport {
 enum Step {
     /// Copy `[from, to)` of `file` to quarantine, then truncate it to `from`.
     Cut { file: PathBuf, from: u64, to: u64 },
-    /// Move the file into quarantine.
+    /// Move the file into quarantine: copy it durably, then remove it.
     Move { file: PathBuf },
     /// Write this index.
     Index { file: PathBuf, header: IndexHeader, index: SparseIndex },
@@ -348,23 +348,32 @@ fn plan(
                 if let Some(tag) = tag {
                     decode_loose(storage, &seg.path, off, to, tag, &mut salvage)?;
                 }
+                // The index goes first: a crash between the two steps must not leave an index
+                // that promises records the cut removed (recovery refuses such a segment,
+                // format-spec.md §7.3 row L1), while a missing index is only a cache.
+                set_aside_index(storage, seg, &mut |st, a| push(report, st, a));
                 let detail = format!("log cut at seq {seq}: damaged record and all after it");
                 let a = act(ActionKind::CutMidLog, &seg.path, Some(off), to - off, detail);
                 push(report, Step::Cut { file: seg.path.clone(), from: off, to }, a);
-                set_aside_index(storage, seg, &mut |st, a| push(report, st, a));
             }
         }
         // When whole segments go, the last one kept loses its seal frame: a sealed last
         // segment tells recovery that a segment after it is missing (format-spec.md §7.3).
+        // Its index (the seal's, or a damaged one left by an interrupted earlier repair whose
+        // cut already happened) goes first, as above.
         if off == 0
             && let Some(prev) = i.checked_sub(1).and_then(|p| s.segments.get(p))
-            && let Some(seal_at) = prev.seal_at
         {
-            let detail = "seal frame of the new last segment".to_string();
-            let to = prev.bytes;
-            let a = act(ActionKind::CutAfterSeal, &prev.path, Some(seal_at), to - seal_at, detail);
-            push(report, Step::Cut { file: prev.path.clone(), from: seal_at, to }, a);
-            set_aside_index(storage, prev, &mut |st, a| push(report, st, a));
+            if let Some(seal_at) = prev.seal_at {
+                set_aside_index(storage, prev, &mut |st, a| push(report, st, a));
+                let detail = "seal frame of the new last segment".to_string();
+                let to = prev.bytes;
+                let bytes = to - seal_at;
+                let a = act(ActionKind::CutAfterSeal, &prev.path, Some(seal_at), bytes, detail);
+                push(report, Step::Cut { file: prev.path.clone(), from: seal_at, to }, a);
+            } else if matches!(prev.index, IndexState::Damaged { .. }) {
+                set_aside_index(storage, prev, &mut |st, a| push(report, st, a));
+            }
         }
         for seg in s.segments.iter().skip(keep) {
             if let Some(tag) = tag {
@@ -640,9 +649,17 @@ impl Quarantine<'_> {
                 Ok(Some(target))
             }
             Step::Move { file } => {
+                // Not a rename: a rename between two directories changes two directory
+                // entries, and a crash may keep the removal without the addition (no fsync
+                // order makes that atomic). A durable copy, then the removal, leaves the file
+                // in one place or both at every point.
                 let target = self.target(&file, None)?;
-                st.rename(&file, &target).map_err(|e| Error::io("rename", &file, e))?;
-                for d in [file.parent(), target.parent()].into_iter().flatten() {
+                let f = st.open(&file, OpenMode::Read).map_err(|e| Error::io("open", &file, e))?;
+                let len = f.len().map_err(|e| Error::io("stat", &file, e))?;
+                copy_range(st, (f.as_ref(), &file), 0, len, &target)?;
+                drop(f);
+                st.remove_file(&file).map_err(|e| Error::io("remove", &file, e))?;
+                if let Some(d) = file.parent() {
                     st.sync_dir(d).map_err(|e| Error::io("sync dir", d, e))?;
                 }
                 Ok(Some(target))
