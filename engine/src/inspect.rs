@@ -1459,6 +1459,8 @@ impl DurableTail {
         let same = match self.reader.log().read(last.seq) {
             Ok(r) => r.payload == last.payload && r.timestamp_us == last.timestamp_us,
             Err(Error::SeqOutOfRange { .. }) => false,
+            // Purged (`Log::purge_before`): gone on purpose, not taken back.
+            Err(Error::MissingSegments { .. }) => true,
             Err(e) => return Err(e),
         };
         if same { Ok(()) } else { Err(Error::Retracted { seq: last.seq }) }

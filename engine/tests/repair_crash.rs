@@ -1,5 +1,6 @@
-//! Property: `repair` is crash-safe. On damaged stores (a torn tail with a damaged index and a
-//! damaged stream checkpoint; mid-log corruption repaired with `salvage`), a power loss at
+//! Property: `repair` is crash-safe. On damaged stores (a torn tail with a damaged index, a
+//! damaged stream checkpoint and a damaged snapshot; mid-log corruption repaired with
+//! `salvage`), a power loss at
 //! every persistence point of the repair (the k-th fdatasync or directory fsync fails and the
 //! machine crashes right after; also the k-th write) leaves a store where
 //!
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use annal::fs::{CrashMode, SimFs, Storage};
 use annal::inspect::{SurveyOptions, survey_with};
-use annal::repair::{RepairOptions, repair_with};
+use annal::repair::{ActionKind, RepairOptions, repair_with};
 use annal::{ExpectedVersion, NewEvent, Options, Store, StoreOptions};
 use common::Rng;
 
@@ -62,12 +63,14 @@ struct Fixture {
     /// Records before this seq must survive the repair.
     intact_before: u64,
     salvage: bool,
-    /// Index and checkpoint files the repair sets aside whole.
+    /// Index, checkpoint and snapshot files the repair sets aside whole.
     side: Vec<PathBuf>,
+    /// Actions an uninterrupted repair takes (among others).
+    expect: &'static [ActionKind],
 }
 
 /// Events in several 4 KiB segments, cleanly closed (index files and a checkpoint written).
-fn build(seed: u64) -> (SimFs, Vec<Vec<u8>>) {
+fn build(seed: u64) -> (SimFs, Vec<Vec<u8>>, PathBuf) {
     let fs = SimFs::new(seed);
     let store = Store::open_with(Arc::new(fs.clone()), DIR, store_opts()).unwrap();
     let mut rng = Rng(seed | 1);
@@ -78,8 +81,9 @@ fn build(seed: u64) -> (SimFs, Vec<Vec<u8>>) {
     }
     let records =
         store.log().cursor(0).map(|r| r.unwrap().payload.to_vec()).collect::<Vec<Vec<u8>>>();
+    let snapshot = annal::SnapshotStore::for_store(&store).path_for("acct-0");
     store.close().unwrap();
-    (fs, records)
+    (fs, records, snapshot)
 }
 
 fn segment_paths(files: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<PathBuf> {
@@ -92,9 +96,9 @@ fn segment_paths(files: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<PathBuf> {
 }
 
 /// A torn tail on the last segment, a flipped byte in a sealed segment's index and in the
-/// stream checkpoint.
+/// stream checkpoint, and a snapshot file that does not decode.
 fn torn_tail(seed: u64) -> Fixture {
-    let (fs, records) = build(seed);
+    let (fs, records, snapshot) = build(seed);
     let mut files = files(&fs, Path::new(DIR));
     let segs = segment_paths(&files);
     assert!(segs.len() >= 3, "the fixture has several segments");
@@ -110,14 +114,23 @@ fn torn_tail(seed: u64) -> Fixture {
     let ck = files.get_mut(&ckpt).expect("a clean close writes the checkpoint");
     let at = rng.below(ck.len() as u64) as usize;
     ck[at] ^= 0x04;
+    let junk: Vec<u8> = (0..300).map(|_| rng.next() as u8).collect();
+    files.insert(snapshot.clone(), junk);
     let n = records.len() as u64;
-    let side = vec![idx, ckpt];
-    Fixture { files, records, intact_before: n, salvage: false, side }
+    let side = vec![idx, ckpt, snapshot];
+    let expect = &[
+        ActionKind::CutTail,
+        ActionKind::SetAsideIndex,
+        ActionKind::RebuildIndex,
+        ActionKind::SetAsideCheckpoint,
+        ActionKind::SetAsideSnapshot,
+    ];
+    Fixture { files, records, intact_before: n, salvage: false, side, expect }
 }
 
 /// A flipped byte inside a record of a sealed segment in the middle of the log.
 fn mid_log(seed: u64) -> Fixture {
-    let (fs, records) = build(seed);
+    let (fs, records, _) = build(seed);
     let mut files = files(&fs, Path::new(DIR));
     let segs = segment_paths(&files);
     let mid = &segs[segs.len() / 2];
@@ -132,7 +145,13 @@ fn mid_log(seed: u64) -> Fixture {
     let mut side: Vec<PathBuf> =
         segs[segs.len() / 2..].iter().map(|p| p.with_extension("idx")).collect();
     side.push(PathBuf::from("/store/streams.ckpt"));
-    Fixture { files, records, intact_before: base, salvage: true, side }
+    let expect = &[
+        ActionKind::SetAsideIndex,
+        ActionKind::CutMidLog,
+        ActionKind::QuarantineSegment,
+        ActionKind::SetAsideCheckpoint,
+    ];
+    Fixture { files, records, intact_before: base, salvage: true, side, expect }
 }
 
 fn load(f: &Fixture, seed: u64) -> SimFs {
@@ -236,6 +255,9 @@ fn crash_at_every_point(name: &str, fixture: fn(u64) -> Fixture, fault: Fault, s
         recovers(&f, &fs, &what);
         if let Ok(r) = done {
             assert!(r.succeeded(), "{what}: {:?}", r.remaining);
+            for kind in f.expect {
+                assert!(r.actions.iter().any(|a| a.kind == *kind), "{what}: no {kind:?}");
+            }
             assert!(k > 2, "{what}: the repair persists in several steps");
             break;
         }
