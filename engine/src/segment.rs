@@ -19,7 +19,7 @@ use crate::fs::{OpenMode, Storage, StorageFile};
 use crate::index::SparseIndex;
 use crate::limits::{
     FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES, UNPROVEN_BATCHES_MAX,
 };
 use crate::names;
 
@@ -410,6 +410,9 @@ pub(crate) fn scan(
                     Err((_, FrameError::Bad(kind))) => break Stop::Invalid { at: off, kind },
                 }
                 prove(&mut unproven, &mut proven_seq, f.synced_through);
+                if unproven.len() >= UNPROVEN_BATCHES_MAX {
+                    unproven.pop_back();
+                }
                 unproven.push_back((off + f.total_bytes(), f.seq + u64::from(f.count)));
                 index.note_batch(f.seq, off, f.timestamp_us, interval);
                 // Frame times are non-decreasing as written; one that goes back is kept as it
