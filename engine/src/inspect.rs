@@ -1324,7 +1324,8 @@ impl Default for TailOptions {
 ///    (the writer wrote that frame after an fdatasync covering the record had returned; a
 ///    seal or close frame covers everything before it), or it is in a segment that is not
 ///    the last (a writer fdatasyncs a segment before it creates the next one, §6.3); or
-/// 2. it has waited [`TailOptions::sync_after`] without such a proof, and an fdatasync of
+/// 2. the writer's frames have proven nothing new for [`TailOptions::sync_after`] (a busy
+///    writer's next append proves its last group within that time), and an fdatasync of
 ///    the last segment that this reader makes itself succeeds, after which a fresh read-only
 ///    open still finds it valid (every frame and record CRC checked again) and no new
 ///    moved-aside file (`.broken-`) has appeared in `segments/` since the reader began
@@ -1365,9 +1366,9 @@ pub struct DurableTail {
     /// The last segment's base, path and a read-only descriptor of it, held from the first
     /// time this reader saw that segment as the last.
     sync_file: Option<(u64, PathBuf, Box<dyn crate::fs::StorageFile>)>,
-    /// Since when records past `proven` have waited, and the moved-aside files of
-    /// `segments/` then.
-    waiting: Option<(std::time::Instant, Vec<String>)>,
+    /// Since when the proof has not moved: the proven end then, the time, and the
+    /// moved-aside files of `segments/` then.
+    waiting: Option<(u64, std::time::Instant, Vec<String>)>,
     /// This reader's own fdatasync failed once.
     sync_failed: bool,
 }
@@ -1441,11 +1442,13 @@ impl DurableTail {
             return Ok(());
         }
         let Some(after) = self.opts.sync_after else { return Ok(()) };
-        if self.waiting.is_none() {
-            self.waiting = Some((std::time::Instant::now(), self.moved_aside()?));
+        // The wait restarts whenever the writer's frames prove more: a busy writer proves its
+        // groups itself, and this reader then never syncs.
+        if self.waiting.as_ref().is_none_or(|(at, _, _)| *at != self.proven) {
+            self.waiting = Some((self.proven, std::time::Instant::now(), self.moved_aside()?));
         }
         match &self.waiting {
-            Some((since, _)) if since.elapsed() >= after => self.prove_by_sync(target),
+            Some((_, since, _)) if since.elapsed() >= after => self.prove_by_sync(target),
             _ => Ok(()),
         }
     }
@@ -1512,7 +1515,7 @@ impl DurableTail {
             self.waiting = None;
             return Err(Error::io("sync", path, e));
         }
-        let before = self.waiting.take().map(|(_, names)| names).unwrap_or_default();
+        let before = self.waiting.take().map(|(_, _, names)| names).unwrap_or_default();
         self.reader.reopen()?;
         self.after_open()?;
         self.check_last()?;

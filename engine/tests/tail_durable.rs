@@ -82,6 +82,30 @@ fn an_idle_sync_writers_last_group_waits_for_a_proof() {
 }
 
 #[test]
+fn a_busy_writer_proves_its_groups_itself_and_the_reader_never_syncs() {
+    let fs = SimFs::new(5);
+    let log = open(&fs, Durability::Sync);
+    log.append(&[b"0"]).unwrap();
+    let mut t = tail(&fs, Some(Duration::from_millis(150)));
+    let mut got = seqs(&drain(&mut t));
+    for i in 1..12u8 {
+        log.append(&[[i]]).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        let syncs = fs.sync_count();
+        t.poll().unwrap();
+        assert_eq!(fs.sync_count(), syncs, "the reader synced beside a busy writer");
+        got.extend(seqs(&drain(&mut t)));
+    }
+    assert_eq!(got, (0..11).collect::<Vec<u64>>(), "each append proves the one before");
+    // Idle: after the wait, the reader's own fdatasync proves the last group.
+    std::thread::sleep(Duration::from_millis(200));
+    let syncs = fs.sync_count();
+    t.poll().unwrap();
+    assert_eq!(fs.sync_count(), syncs + 1);
+    assert_eq!(seqs(&drain(&mut t)), [11]);
+}
+
+#[test]
 fn unsynced_records_are_not_returned_until_durable() {
     let fs = SimFs::new(2);
     let log = open(&fs, Durability::None);

@@ -1,8 +1,9 @@
 //! `annal append`, `annal read` and `annal tail`: JSON lines in, JSON lines out.
 //!
 //! `append` acknowledges a line only once its event is durable under the chosen policy; `read`
-//! and `tail` open the store read-only ([`annal::inspect::EventReader`]), so they work beside a
-//! running writer.
+//! and `tail` open the store read-only ([`annal::inspect::EventReader`],
+//! [`annal::inspect::DurableTail`]), so they work beside a running writer; `tail` prints only
+//! events proven durable.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, Write};
