@@ -214,6 +214,17 @@ pub enum Error {
         /// The store directory.
         dir: PathBuf,
     },
+    /// A record that `inspect::DurableTail` returned as durable on the strength of its own
+    /// fdatasync is no longer in the log: the writer had not synced it itself, its own
+    /// fdatasync then failed, and it moved its unsynced bytes aside (format-spec.md §6.1).
+    #[error(
+        "record {seq}, returned as durable after this reader's own fdatasync, is no longer in \
+         the log: the writer set its unsynced records aside after its fdatasync failed"
+    )]
+    Retracted {
+        /// The last seq the reader returned.
+        seq: u64,
+    },
 }
 
 /// What is wrong with corrupt bytes (see format-spec.md §7 for the recovery decisions).

@@ -1164,10 +1164,10 @@ const READ_ONLY_OPEN_RETRIES_MAX: u32 = 5;
 /// closing the store gives back the active segment's preallocated space (it truncates the file
 /// after its close frame), and a read-only open that saw the longer file can then read past
 /// the new end. A second open sees the file as it is; real damage does not go away.
-fn open_read_only_retrying(dir: &Path) -> Result<Log> {
+fn open_read_only_retrying(storage: &Arc<dyn Storage>, dir: &Path) -> Result<Log> {
     let mut tries = 0;
     loop {
-        match Log::open_read_only(dir, Options::default()) {
+        match Log::open_read_only_with(Arc::clone(storage), dir, Options::default()) {
             Err(Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::UnexpectedEof
                     && tries < READ_ONLY_OPEN_RETRIES_MAX =>
@@ -1193,10 +1193,15 @@ pub enum LogItem {
 /// its stream version. Versions are positions in the stream, so the records before
 /// `from_seq` are read too (stream ids only) to count them.
 pub struct EventReader {
+    storage: Arc<dyn Storage>,
     log: Log,
     cursor: Cursor,
     versions: HashMap<String, u64>,
     from_seq: u64,
+    /// Records at or after this seq are not returned (yet): see [`DurableTail`].
+    limit: u64,
+    /// The last record returned.
+    last: Option<Record>,
 }
 
 impl std::fmt::Debug for EventReader {
@@ -1208,16 +1213,23 @@ impl std::fmt::Debug for EventReader {
 impl EventReader {
     /// Opens the store in `dir` read-only (no lock, no writes) and positions at `from_seq`.
     pub fn open(dir: &Path, from_seq: u64) -> Result<EventReader> {
-        let log = open_read_only_retrying(dir)?;
+        EventReader::open_with(Arc::new(StdFs), dir, from_seq)
+    }
+
+    /// [`EventReader::open`] on the given storage.
+    pub fn open_with(storage: Arc<dyn Storage>, dir: &Path, from_seq: u64) -> Result<EventReader> {
+        let log = open_read_only_retrying(&storage, dir)?;
         let cursor = log.cursor(0);
-        Ok(EventReader { log, cursor, versions: HashMap::new(), from_seq })
+        let versions = HashMap::new();
+        let limit = u64::MAX;
+        Ok(EventReader { storage, log, cursor, versions, from_seq, limit, last: None })
     }
 
     /// Re-opens the store read-only to see records appended since, continuing after the last
     /// record returned (versions carry over).
     pub fn reopen(&mut self) -> Result<()> {
         let next = self.cursor.next_seq();
-        let log = open_read_only_retrying(self.log.dir())?;
+        let log = open_read_only_retrying(&self.storage, self.log.dir())?;
         self.cursor = log.cursor(next);
         self.log = log;
         Ok(())
@@ -1225,7 +1237,7 @@ impl EventReader {
 
     /// The seq of the next record this reader returns.
     pub fn next_seq(&self) -> u64 {
-        self.cursor.next_seq()
+        self.cursor.next_seq().max(self.from_seq)
     }
 
     /// The log's readable end at open.
@@ -1244,10 +1256,16 @@ impl Iterator for EventReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if self.cursor.next_seq() >= self.limit {
+                return None;
+            }
             let rec = match self.cursor.next()? {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             };
+            if rec.seq >= self.from_seq {
+                self.last = Some(rec.clone());
+            }
             let item = match EventBody::decode(&rec.payload) {
                 Ok(body) => {
                     let v = self.versions.entry(body.stream_id.to_owned()).or_insert(0);
@@ -1278,4 +1296,250 @@ impl Iterator for EventReader {
 /// Reads events from `from_seq` read-only; see [`EventReader`].
 pub fn read_events(dir: &Path, from_seq: u64) -> Result<EventReader> {
     EventReader::open(dir, from_seq)
+}
+
+/// How a [`DurableTail`] proves records durable beyond what the files prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailOptions {
+    /// Once records past the proven end have waited this long, fdatasync the last segment
+    /// through a read-only descriptor and, if that succeeds, prove them that way. `None`:
+    /// never sync, wait for the writer's frames (an idle writer's last group then waits for
+    /// its next append or its close).
+    pub sync_after: Option<std::time::Duration>,
+}
+
+impl Default for TailOptions {
+    fn default() -> Self {
+        TailOptions { sync_after: Some(std::time::Duration::from_secs(1)) }
+    }
+}
+
+/// An [`EventReader`] that follows a store read-only (beside a running writer) and returns a
+/// record only once it is provably durable, so that no crash can take back a record it
+/// returned.
+///
+/// A record is proven durable (format-spec.md §7.5) when
+///
+/// 1. a valid frame after it in the same segment has a `synced_through` at or past its end
+///    (the writer wrote that frame after an fdatasync covering the record had returned; a
+///    seal or close frame covers everything before it), or it is in a segment that is not
+///    the last (a writer fdatasyncs a segment before it creates the next one, §6.3); or
+/// 2. the writer's frames have proven nothing new for [`TailOptions::sync_after`] (a busy
+///    writer's next append proves its last group within that time), and an fdatasync of
+///    the last segment that this reader makes itself succeeds, after which a fresh read-only
+///    open still finds it valid (every frame and record CRC checked again) and no new
+///    moved-aside file (`.broken-`) has appeared in `segments/` since the reader began
+///    waiting. The fdatasync writes nothing but makes what is in the page cache durable;
+///    it is what keeps an idle writer's last group, which no later frame covers until the
+///    next append, from waiting forever.
+///
+/// Rule 1 is final: the writer itself synced those bytes, and nothing takes them back. Rule 2
+/// makes the bytes durable, so no crash takes them back either, but a **writer whose own
+/// fdatasync fails** moves every byte after its last successful fdatasync aside and reuses
+/// their seqs (`commit::discard_unsynced`, format-spec.md §6.1), whether or not this reader
+/// synced them; and after a failed fdatasync the kernel may have marked the unsynced pages
+/// clean, so a later fdatasync succeeds without writing them. Hence:
+///
+/// * the reader holds its descriptor of the last segment from the time it first saw that
+///   segment, and Linux reports a writeback error to every descriptor open when it
+///   happened: its own fdatasync then fails, [`DurableTail::poll`] returns that error and
+///   the records past [`DurableTail::proven_end`] are not returned (they may never be
+///   durable). The reader never syncs again (a retried fdatasync can succeed without the
+///   data) and proves by frames only from then on;
+/// * a writer that already discarded shows it: the fresh open no longer finds the records,
+///   or a new `.broken-` file is there, and the proof is refused;
+/// * a writer that discards later (its records were not synced by itself: `Durability::None`
+///   or `Batched`, or a `Sync` group whose fdatasync stayed in flight past `sync_after` and
+///   then failed) takes back records this reader returned: every poll checks that the last
+///   record returned is still in the log unchanged, else returns [`Error::Retracted`].
+///   Under `Durability::Sync` a group the writer acknowledged was synced by the writer and
+///   is never discarded. [`TailOptions::sync_after`] `= None` avoids rule 2 altogether.
+///
+/// What no reader can tell: a writer whose fdatasync failed before this reader opened the
+/// segment and that died before moving the bytes aside (the Note of §6.1; the writer's own
+/// reopen keeps such bytes too).
+pub struct DurableTail {
+    reader: EventReader,
+    opts: TailOptions,
+    /// One past the last seq proven durable; never goes back.
+    proven: u64,
+    /// The last segment's base, path and a read-only descriptor of it, held from the first
+    /// time this reader saw that segment as the last.
+    sync_file: Option<(u64, PathBuf, Box<dyn crate::fs::StorageFile>)>,
+    /// Since when the proof has not moved: the proven end then, the time, and the
+    /// moved-aside files of `segments/` then.
+    waiting: Option<(u64, std::time::Instant, Vec<String>)>,
+    /// This reader's own fdatasync failed once.
+    sync_failed: bool,
+}
+
+impl std::fmt::Debug for DurableTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableTail")
+            .field("next_seq", &self.reader.next_seq())
+            .field("proven", &self.proven)
+            .finish()
+    }
+}
+
+impl DurableTail {
+    /// Opens the store in `dir` read-only on the real file system, positioned at `from_seq`.
+    pub fn open(dir: &Path, from_seq: u64, opts: TailOptions) -> Result<DurableTail> {
+        DurableTail::open_with(Arc::new(StdFs), dir, from_seq, opts)
+    }
+
+    /// [`DurableTail::open`] on the given storage.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        from_seq: u64,
+        opts: TailOptions,
+    ) -> Result<DurableTail> {
+        let reader = EventReader::open_with(storage, dir, from_seq)?;
+        let mut t = DurableTail {
+            reader,
+            opts,
+            proven: 0,
+            sync_file: None,
+            waiting: None,
+            sync_failed: false,
+        };
+        t.after_open()?;
+        Ok(t)
+    }
+
+    /// One past the last seq proven durable: records below it are returned.
+    pub fn proven_end(&self) -> u64 {
+        self.proven
+    }
+
+    /// One past the last seq readable at the last open, durable or not.
+    pub fn visible_end(&self) -> u64 {
+        self.reader.visible_end()
+    }
+
+    /// The seq of the next record this reader returns.
+    pub fn next_seq(&self) -> u64 {
+        self.reader.next_seq()
+    }
+
+    /// Whether this reader's own fdatasync failed (the error [`DurableTail::poll`] returned
+    /// then); it has not synced since.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed
+    }
+
+    /// Re-opens the store to see what was appended since and what is proven now; when
+    /// records past the proof have waited [`TailOptions::sync_after`], fdatasyncs the last
+    /// segment to prove them (see [`DurableTail`]).
+    pub fn poll(&mut self) -> Result<()> {
+        self.reader.reopen()?;
+        self.after_open()?;
+        self.check_last()?;
+        let target = self.reader.visible_end();
+        if target <= self.proven {
+            self.waiting = None;
+            return Ok(());
+        }
+        let Some(after) = self.opts.sync_after else { return Ok(()) };
+        // The wait restarts whenever the writer's frames prove more: a busy writer proves its
+        // groups itself, and this reader then never syncs.
+        if self.waiting.as_ref().is_none_or(|(at, _, _)| *at != self.proven) {
+            self.waiting = Some((self.proven, std::time::Instant::now(), self.moved_aside()?));
+        }
+        match &self.waiting {
+            Some((_, since, _)) if since.elapsed() >= after => self.prove_by_sync(target),
+            _ => Ok(()),
+        }
+    }
+
+    /// The last record returned must still be in the log as it was: the one thing that can
+    /// take it back is a writer discarding what it had not synced itself, after this reader's
+    /// fdatasync proved it (see [`DurableTail`]); a discard cuts a suffix, so checking the
+    /// last record returned covers every earlier one.
+    fn check_last(&self) -> Result<()> {
+        let Some(last) = &self.reader.last else { return Ok(()) };
+        let same = match self.reader.log().read(last.seq) {
+            Ok(r) => r.payload == last.payload && r.timestamp_us == last.timestamp_us,
+            Err(Error::SeqOutOfRange { .. }) => false,
+            // Purged (`Log::purge_before`): gone on purpose, not taken back.
+            Err(Error::MissingSegments { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        if same { Ok(()) } else { Err(Error::Retracted { seq: last.seq }) }
+    }
+
+    /// Takes the proof the files give, and a descriptor of a new last segment.
+    fn after_open(&mut self) -> Result<()> {
+        let framed = self.reader.log().durable_head().map_or(0, |h| h + 1);
+        self.set_proven(framed);
+        let Some((base, path)) = self.reader.log().last_segment() else { return Ok(()) };
+        if self.sync_file.as_ref().is_none_or(|(b, _, _)| *b != base) {
+            let file = self
+                .reader
+                .storage
+                .open(&path, OpenMode::Read)
+                .map_err(|e| Error::io("open", &path, e))?;
+            self.sync_file = Some((base, path, file));
+        }
+        Ok(())
+    }
+
+    fn set_proven(&mut self, end: u64) {
+        self.proven = self.proven.max(end);
+        self.reader.limit = self.proven;
+    }
+
+    /// The moved-aside files in `segments/`.
+    fn moved_aside(&self) -> Result<Vec<String>> {
+        let seg_dir = names::segments_dir(self.reader.log().dir());
+        let mut found =
+            self.reader.storage.read_dir(&seg_dir).map_err(|e| Error::io("list", &seg_dir, e))?;
+        found.retain(|n| names::parse_segment_dir_entry(n) == SegmentDirEntry::Broken);
+        Ok(found)
+    }
+
+    /// Proves the records below `target` (visible at the last open) by an fdatasync of the
+    /// last segment, then a fresh open that still finds them valid.
+    fn prove_by_sync(&mut self, target: u64) -> Result<()> {
+        let Some((base, path, file)) = &self.sync_file else { return Ok(()) };
+        // Records in earlier segments are proven by the files already; anything else is odd
+        // enough to wait for a frame.
+        if self.proven < *base {
+            return Ok(());
+        }
+        let base = *base;
+        if let Err(e) = file.sync_data() {
+            self.opts.sync_after = None;
+            self.sync_failed = true;
+            self.waiting = None;
+            return Err(Error::io("sync", path, e));
+        }
+        let before = self.waiting.take().map(|(_, _, names)| names).unwrap_or_default();
+        self.reader.reopen()?;
+        self.after_open()?;
+        self.check_last()?;
+        if self.moved_aside()?.iter().any(|n| !before.contains(n)) {
+            // A writer moved bytes aside meanwhile (a failed write or fdatasync, or a new
+            // writer's recovery cutting a torn tail): prove nothing by this sync.
+            return Ok(());
+        }
+        if self.reader.log().last_segment().map(|(b, _)| b) != Some(base) {
+            // The writer rolled: the seal proves the old segment, and after_open took it.
+            return Ok(());
+        }
+        let end = target.min(self.reader.visible_end());
+        self.set_proven(end);
+        Ok(())
+    }
+}
+
+impl Iterator for DurableTail {
+    type Item = Result<LogItem>;
+
+    /// The next record below [`DurableTail::proven_end`]; `None` at the proven end (call
+    /// [`DurableTail::poll`] and iterate again).
+    fn next(&mut self) -> Option<Self::Item> {
+        self.reader.next()
+    }
 }

@@ -26,6 +26,12 @@ pub const INDEX_ENTRY_BYTES: usize = 24;
 /// higher. 64 MiB keeps a single decode allocation far below the fuzzers' malloc limit.
 pub const RECORD_BODY_BYTES_MAX: u32 = 64 << 20;
 
+/// Most batches a segment walk remembers while waiting for a later frame to prove them durable
+/// (`segment::scan`, format-spec.md §7.5): 16 bytes each, so at most 1 MiB. Beyond it the
+/// newest entry is replaced, so a proof covering only the replaced batches proves less than
+/// it could (never more) until a later frame covers the newest.
+pub const UNPROVEN_BATCHES_MAX: usize = 1 << 16;
+
 /// Hard ceiling on records in one batch (one `append` call). A batch of empty records still
 /// costs `RECORD_HEADER_BYTES` each, so this also bounds per-batch bookkeeping.
 pub const BATCH_RECORDS_MAX: u32 = 1 << 20;

@@ -303,7 +303,7 @@ impl Log {
             crate::format::LogMarkerKind::Start,
         )?;
         let recovered = recover(storage.as_ref(), &seg_dir, &opts, writable, start)?;
-        let Recovered { log_id, segments, writer, report } = recovered;
+        let Recovered { log_id, segments, writer, report, proven_seq } = recovered;
         let next_seq = writer.next_seq;
         let preparer = (writable
             && opts.preallocate
@@ -322,7 +322,7 @@ impl Log {
             log_id,
             segments: RwLock::new(segments),
             visible: AtomicU64::new(next_seq),
-            durable: AtomicU64::new(next_seq),
+            durable: AtomicU64::new(proven_seq),
             committer: Committer::new(writer),
             poison: OnceLock::new(),
             stats: Stats::after_recovery(&report),
@@ -398,8 +398,20 @@ impl Log {
     }
 
     /// The highest seq that is durable, or `None` if nothing is.
+    ///
+    /// On a log opened with [`Log::open_read_only`] this is the highest seq the files prove
+    /// durable (format-spec.md §7.5): every sealed segment, and in the last segment every
+    /// batch that a later valid frame's `synced_through` covers (a close frame covers all
+    /// before it). Records after it may be readable (written by a running writer, or left by
+    /// one that crashed) without being durable.
     pub fn durable_head(&self) -> Option<u64> {
         self.inner.durable.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// The last segment's base seq and path.
+    pub(crate) fn last_segment(&self) -> Option<(u64, PathBuf)> {
+        let segs = self.inner.segments.read().unwrap_or_else(|e| e.into_inner());
+        segs.last().map(|s| (s.base, s.path.clone()))
     }
 
     /// One past the highest seq a reader may see now: reads and cursors stop here.
@@ -1131,6 +1143,9 @@ struct Recovered {
     segments: Vec<Arc<Segment>>,
     writer: WriterState,
     report: RecoveryReport,
+    /// One past the last seq the frames on disk prove durable (format-spec.md §7.5); a
+    /// writer's open makes everything it keeps durable, so there it is `writer.next_seq`.
+    proven_seq: u64,
 }
 
 /// A segment file found at open, with its header checked.
@@ -1280,13 +1295,14 @@ fn recover(
         segments.push(Arc::new(seg));
     }
     let last = found.last().ok_or(Error::NoStore { dir: seg_dir.to_path_buf() })?;
-    let writer =
+    let (writer, proven_seq) =
         recover_active(storage, last, &log_id, opts, access, timestamp_floor, &mut report)?;
     report.clean &= all_sealed_trusted;
     segments.push(Arc::clone(&writer.active));
     report.segments = segments.len();
     report.next_seq = writer.next_seq;
-    Ok(Recovered { log_id, segments, writer, report })
+    let proven_seq = if access == Access::Write { writer.next_seq } else { proven_seq };
+    Ok(Recovered { log_id, segments, writer, report, proven_seq })
 }
 
 fn create_fresh(
@@ -1303,7 +1319,7 @@ fn create_fresh(
     report.clean = true;
     report.segments = 1;
     let writer = WriterState::new(Arc::clone(&seg), SEGMENT_HEADER_BYTES as u64, 0, 0);
-    Ok(Recovered { log_id, segments: vec![seg], writer, report })
+    Ok(Recovered { log_id, segments: vec![seg], writer, report, proven_seq: 0 })
 }
 
 /// A non-last segment (format-spec.md §7.3, table S): trusted through its seal frame at the
@@ -1439,7 +1455,8 @@ fn cut_tail(
 
 /// The last segment (format-spec.md §7.3, table L): trusted up to the close frame its index
 /// file points to, then scanned to the end; a torn tail is cut and reported, damage to
-/// durable data is an error.
+/// durable data is an error. Returns the writer state and one past the last seq the frames
+/// walked prove durable (`Scan::proven_seq`).
 fn recover_active(
     storage: &dyn Storage,
     f: &Found,
@@ -1448,7 +1465,7 @@ fn recover_active(
     access: Access,
     timestamp_floor: u64,
     report: &mut RecoveryReport,
-) -> Result<WriterState> {
+) -> Result<(WriterState, u64)> {
     let tag = log_tag(log_id);
     let mut src = Source::file(Arc::clone(&f.file), f.len);
     let seg = Arc::new(Segment::new(f.base, f.path.clone(), Arc::clone(&f.file)));
@@ -1539,5 +1556,5 @@ fn recover_active(
     let last_timestamp_us = scan.last_timestamp_us.max(timestamp_floor);
     let mut writer = WriterState::new(seg, scan.end_offset, scan.next_seq, last_timestamp_us);
     writer.tail_is_close = report.clean;
-    Ok(writer)
+    Ok((writer, scan.proven_seq))
 }

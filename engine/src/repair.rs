@@ -210,7 +210,7 @@ impl RepairReport {
 enum Step {
     /// Copy `[from, to)` of `file` to quarantine, then truncate it to `from`.
     Cut { file: PathBuf, from: u64, to: u64 },
-    /// Move the file into quarantine.
+    /// Move the file into quarantine: copy it durably, then remove it.
     Move { file: PathBuf },
     /// Write this index.
     Index { file: PathBuf, header: IndexHeader, index: SparseIndex },
@@ -225,7 +225,17 @@ pub fn repair(
     opts: RepairOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RepairReport> {
-    let storage = StdFs;
+    repair_with(Arc::new(StdFs), dir, opts, progress)
+}
+
+/// [`repair`] on the given storage (for tests: [`crate::fs::SimFs`]).
+pub fn repair_with(
+    shared: Arc<dyn Storage>,
+    dir: &Path,
+    opts: RepairOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RepairReport> {
+    let storage = shared.as_ref();
     let seg_dir = names::segments_dir(dir);
     if !storage.exists(&seg_dir).map_err(|e| Error::io("stat", &seg_dir, e))? {
         return Err(Error::NoStore { dir: dir.to_path_buf() });
@@ -235,7 +245,7 @@ pub fn repair(
         .try_lock(&lock_path)
         .map_err(|e| Error::io("lock", &lock_path, e))?
         .ok_or_else(|| Error::Locked { dir: dir.to_path_buf() })?;
-    let survey = survey_with(&storage, dir, SurveyOptions::default(), progress)?;
+    let survey = survey_with(storage, dir, SurveyOptions::default(), progress)?;
     let mut report = RepairReport {
         outcome: Outcome::NothingToDo,
         actions: Vec::new(),
@@ -254,7 +264,7 @@ pub fn repair(
         return Ok(report);
     }
 
-    let steps = plan(&survey, cut, &mut report)?;
+    let steps = plan(storage, &survey, cut, &mut report)?;
     if steps.is_empty() && survey.findings.is_empty() {
         return Ok(report);
     }
@@ -263,7 +273,7 @@ pub fn repair(
         return Ok(report);
     }
 
-    let mut q = Quarantine { storage: &storage, dir, run: None };
+    let mut q = Quarantine { storage, dir, run: None };
     for (step, action) in steps.into_iter().zip(report.actions.iter_mut()) {
         action.saved_to = q.carry_out(step)?;
     }
@@ -280,11 +290,11 @@ pub fn repair(
     let log_opts = Options { preallocate: false, ..Options::default() };
     if survey.events > 0 {
         let store_opts = crate::StoreOptions { log: log_opts, ..crate::StoreOptions::default() };
-        crate::Store::open(dir, store_opts)?.close()?;
+        crate::Store::open_with(Arc::clone(&shared), dir, store_opts)?.close()?;
     } else {
-        crate::Log::open(dir, log_opts)?.close()?;
+        crate::Log::open_with(Arc::clone(&shared), dir, log_opts)?.close()?;
     }
-    let after = survey_with(&storage, dir, SurveyOptions::default(), &mut |_, _| {})?;
+    let after = survey_with(storage, dir, SurveyOptions::default(), &mut |_, _| {})?;
     report.remaining = problems(&after.findings);
     Ok(report)
 }
@@ -315,6 +325,7 @@ fn first_cut(s: &Survey) -> Option<(usize, u64, u64)> {
 
 /// Works out the steps (and their actions, pushed to `report` in the same order).
 fn plan(
+    storage: &dyn Storage,
     s: &Survey,
     cut: Option<(usize, u64, u64)>,
     report: &mut RepairReport,
@@ -335,35 +346,51 @@ fn plan(
             if off > 0 {
                 let to = seg.damage.as_ref().map_or(seg.bytes, |d| saved_end(d.nonzero_end, seg));
                 if let Some(tag) = tag {
-                    decode_loose(&seg.path, off, to, tag, &mut salvage)?;
+                    decode_loose(storage, &seg.path, off, to, tag, &mut salvage)?;
                 }
+                // The index goes first: a crash between the two steps must not leave an index
+                // that promises records the cut removed (recovery refuses such a segment,
+                // format-spec.md §7.3 row L1), while a missing index is only a cache.
+                set_aside_index(storage, seg, &mut |st, a| push(report, st, a));
                 let detail = format!("log cut at seq {seq}: damaged record and all after it");
                 let a = act(ActionKind::CutMidLog, &seg.path, Some(off), to - off, detail);
                 push(report, Step::Cut { file: seg.path.clone(), from: off, to }, a);
-                set_aside_index(seg, &mut |st, a| push(report, st, a));
             }
         }
         // When whole segments go, the last one kept loses its seal frame: a sealed last
         // segment tells recovery that a segment after it is missing (format-spec.md §7.3).
+        // Its index (the seal's, or a damaged one left by an interrupted earlier repair whose
+        // cut already happened) goes first, as above.
         if off == 0
             && let Some(prev) = i.checked_sub(1).and_then(|p| s.segments.get(p))
-            && let Some(seal_at) = prev.seal_at
         {
-            let detail = "seal frame of the new last segment".to_string();
-            let to = prev.bytes;
-            let a = act(ActionKind::CutAfterSeal, &prev.path, Some(seal_at), to - seal_at, detail);
-            push(report, Step::Cut { file: prev.path.clone(), from: seal_at, to }, a);
-            set_aside_index(prev, &mut |st, a| push(report, st, a));
+            if let Some(seal_at) = prev.seal_at {
+                set_aside_index(storage, prev, &mut |st, a| push(report, st, a));
+                let detail = "seal frame of the new last segment".to_string();
+                let to = prev.bytes;
+                let bytes = to - seal_at;
+                let a = act(ActionKind::CutAfterSeal, &prev.path, Some(seal_at), bytes, detail);
+                push(report, Step::Cut { file: prev.path.clone(), from: seal_at, to }, a);
+            } else if matches!(prev.index, IndexState::Damaged { .. }) {
+                set_aside_index(storage, prev, &mut |st, a| push(report, st, a));
+            }
         }
         for seg in s.segments.iter().skip(keep) {
             if let Some(tag) = tag {
-                decode_loose(&seg.path, SEGMENT_HEADER_BYTES as u64, seg.bytes, tag, &mut salvage)?;
+                decode_loose(
+                    storage,
+                    &seg.path,
+                    SEGMENT_HEADER_BYTES as u64,
+                    seg.bytes,
+                    tag,
+                    &mut salvage,
+                )?;
             }
             salvage.segments_moved.push(seg.path.clone());
             let detail = format!("segment {} after the cut", seg.base);
             let a = act(ActionKind::QuarantineSegment, &seg.path, None, seg.bytes, detail);
             push(report, Step::Move { file: seg.path.clone() }, a);
-            set_aside_index(seg, &mut |st, a| push(report, st, a));
+            set_aside_index(storage, seg, &mut |st, a| push(report, st, a));
         }
         salvage.decoded_ranges = merge(std::mem::take(&mut salvage.decoded_ranges));
         report.salvage = Some(salvage);
@@ -394,7 +421,7 @@ fn plan(
         }
         let damaged = matches!(seg.index, IndexState::Damaged { .. });
         if damaged {
-            set_aside_index(seg, &mut |st, a| push(report, st, a));
+            set_aside_index(storage, seg, &mut |st, a| push(report, st, a));
         }
         if (damaged || seg.index == IndexState::Missing)
             && seg.state == SegmentState::Sealed
@@ -462,7 +489,7 @@ fn saved_end(nonzero_end: u64, seg: &SegmentSurvey) -> u64 {
     align_up(nonzero_end).min(seg.bytes)
 }
 
-fn set_aside_index(seg: &SegmentSurvey, push: &mut dyn FnMut(Step, Action)) {
+fn set_aside_index(storage: &dyn Storage, seg: &SegmentSurvey, push: &mut dyn FnMut(Step, Action)) {
     if seg.index == IndexState::Missing {
         return;
     }
@@ -471,7 +498,7 @@ fn set_aside_index(seg: &SegmentSurvey, push: &mut dyn FnMut(Step, Action)) {
         IndexState::Damaged { reason } => format!("damaged: {reason}"),
         _ => "it describes bytes that are cut".to_string(),
     };
-    let bytes = StdFs.open(&path, OpenMode::Read).and_then(|f| f.len()).unwrap_or(0);
+    let bytes = storage.open(&path, OpenMode::Read).and_then(|f| f.len()).unwrap_or(0);
     push(
         Step::Move { file: path.clone() },
         act(ActionKind::SetAsideIndex, &path, None, bytes, why),
@@ -498,8 +525,15 @@ fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 
 /// Probes `[from, to)` of a segment for frames of this store at every aligned offset and
 /// decodes the records that still verify (format-spec.md §7.2 probing).
-fn decode_loose(path: &Path, from: u64, to: u64, tag: u64, into: &mut SalvageReport) -> Result<()> {
-    let file = StdFs.open(path, OpenMode::Read).map_err(|e| Error::io("open", path, e))?;
+fn decode_loose(
+    storage: &dyn Storage,
+    path: &Path,
+    from: u64,
+    to: u64,
+    tag: u64,
+    into: &mut SalvageReport,
+) -> Result<()> {
+    let file = storage.open(path, OpenMode::Read).map_err(|e| Error::io("open", path, e))?;
     let len = file.len().map_err(|e| Error::io("stat", path, e))?.min(to);
     let mut src = Source::file(Arc::<dyn StorageFile>::from(file), len);
     let align = FRAME_ALIGN_BYTES as u64;
@@ -615,9 +649,17 @@ impl Quarantine<'_> {
                 Ok(Some(target))
             }
             Step::Move { file } => {
+                // Not a rename: a rename between two directories changes two directory
+                // entries, and a crash may keep the removal without the addition (no fsync
+                // order makes that atomic). A durable copy, then the removal, leaves the file
+                // in one place or both at every point.
                 let target = self.target(&file, None)?;
-                st.rename(&file, &target).map_err(|e| Error::io("rename", &file, e))?;
-                for d in [file.parent(), target.parent()].into_iter().flatten() {
+                let f = st.open(&file, OpenMode::Read).map_err(|e| Error::io("open", &file, e))?;
+                let len = f.len().map_err(|e| Error::io("stat", &file, e))?;
+                copy_range(st, (f.as_ref(), &file), 0, len, &target)?;
+                drop(f);
+                st.remove_file(&file).map_err(|e| Error::io("remove", &file, e))?;
+                if let Some(d) = file.parent() {
                     st.sync_dir(d).map_err(|e| Error::io("sync dir", d, e))?;
                 }
                 Ok(Some(target))

@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about other segments; `log` strings segments together.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::fs::{OpenMode, Storage, StorageFile};
 use crate::index::SparseIndex;
 use crate::limits::{
     FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES, UNPROVEN_BATCHES_MAX,
 };
 use crate::names;
 
@@ -350,6 +351,10 @@ pub(crate) struct Scan {
     pub stop: Stop,
     /// The latest timestamp of the valid frames walked (0 if none).
     pub last_timestamp_us: u64,
+    /// One past the last seq that a valid frame walked proves durable: the end of the last
+    /// batch that ends at or before the largest `synced_through` of a valid frame (a seal or
+    /// close frame proves everything before it), or `start_seq` (format-spec.md §6.1).
+    pub proven_seq: u64,
 }
 
 /// The fixed facts a scan checks frames against.
@@ -379,6 +384,11 @@ pub(crate) fn scan(
     let mut off = start;
     let mut next_seq = start_seq;
     let mut last_timestamp_us = 0;
+    // Batches walked that no frame has proven durable yet: (end offset, next seq). A
+    // writer's `synced_through` never goes back within a segment, so proofs pop from the
+    // front.
+    let mut unproven: VecDeque<(u64, u64)> = Default::default();
+    let mut proven_seq = start_seq;
     let stop = loop {
         if off == src.len() {
             break Stop::EndOfData;
@@ -399,6 +409,11 @@ pub(crate) fn scan(
                     Err((_, FrameError::Io(e))) => return Err(e),
                     Err((_, FrameError::Bad(kind))) => break Stop::Invalid { at: off, kind },
                 }
+                prove(&mut unproven, &mut proven_seq, f.synced_through);
+                if unproven.len() >= UNPROVEN_BATCHES_MAX {
+                    unproven.pop_back();
+                }
+                unproven.push_back((off + f.total_bytes(), f.seq + u64::from(f.count)));
                 index.note_batch(f.seq, off, f.timestamp_us, interval);
                 // Frame times are non-decreasing as written; one that goes back is kept as it
                 // is (the CRC covers it), so a time query near it is approximate, not lossy.
@@ -414,6 +429,7 @@ pub(crate) fn scan(
                     };
                     break Stop::Invalid { at: off, kind };
                 }
+                prove(&mut unproven, &mut proven_seq, f.synced_through);
                 last_timestamp_us = last_timestamp_us.max(f.timestamp_us);
                 if f.kind == FrameKind::Seal {
                     break Stop::Sealed { at: off };
@@ -422,7 +438,18 @@ pub(crate) fn scan(
             }
         }
     };
-    Ok(Scan { end_offset: off, next_seq, index, stop, last_timestamp_us })
+    Ok(Scan { end_offset: off, next_seq, index, stop, last_timestamp_us, proven_seq })
+}
+
+/// A valid frame's `synced_through` proves durable every batch walked before it that ends
+/// at or before it.
+fn prove(unproven: &mut VecDeque<(u64, u64)>, proven: &mut u64, synced: u64) {
+    while let Some(&(end, next)) = unproven.front()
+        && end <= synced
+    {
+        *proven = next;
+        unproven.pop_front();
+    }
 }
 
 /// What lies after a bad frame at `bad_at`, found by probing every aligned offset.

@@ -1,8 +1,9 @@
 //! `annal append`, `annal read` and `annal tail`: JSON lines in, JSON lines out.
 //!
 //! `append` acknowledges a line only once its event is durable under the chosen policy; `read`
-//! and `tail` open the store read-only ([`annal::inspect::EventReader`]), so they work beside a
-//! running writer.
+//! and `tail` open the store read-only ([`annal::inspect::EventReader`],
+//! [`annal::inspect::DurableTail`]), so they work beside a running writer; `tail` prints only
+//! events proven durable.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, Write};
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use annal::inspect::{EventReader, LogItem};
+use annal::inspect::{DurableTail, EventReader, LogItem, TailOptions};
 use annal::{Durability, Error, ExpectedVersion, NewEvent, Options, RecordedEvent, Store};
 use annal::{StoreOptions, parse_stream_id};
 use base64::Engine as _;
@@ -506,10 +507,18 @@ pub fn read(dir: &Path, q: &ReadQuery, out: &mut dyn Write) -> io::Result<Verdic
 /// sees correctly; damage persists.
 const TAIL_RETRIES_MAX: u32 = 5;
 
-/// Runs `annal tail`: prints from `from`, then polls every [`TAIL_POLL`] for records another
-/// process made visible, until output fails or the store cannot be read.
-pub fn tail(dir: &Path, from: u64, out: &mut dyn Write) -> io::Result<Verdict> {
-    let mut reader = match EventReader::open(dir, from) {
+/// How long `tail` waits for a writer's frame to prove records durable before it fdatasyncs
+/// the segment itself ([`TailOptions::sync_after`]).
+pub const TAIL_SYNC_AFTER: Duration = Duration::from_secs(1);
+
+/// Runs `annal tail`: prints from `from` every record proven durable, then polls every
+/// [`TAIL_POLL`] for records another process appended and prints them once they are proven
+/// durable ([`DurableTail`]), until output fails or the store cannot be read. With `sync`,
+/// records no frame proves durable after [`TAIL_SYNC_AFTER`] are proven by tail's own
+/// fdatasync of the segment.
+pub fn tail(dir: &Path, from: u64, sync: bool, out: &mut dyn Write) -> io::Result<Verdict> {
+    let opts = TailOptions { sync_after: sync.then_some(TAIL_SYNC_AFTER) };
+    let mut reader = match DurableTail::open(dir, from, opts) {
         Ok(r) => r,
         Err(e) => {
             report_read_error("tail", &e);
@@ -540,7 +549,22 @@ pub fn tail(dir: &Path, from: u64, out: &mut dyn Write) -> io::Result<Verdict> {
             }
         }
         std::thread::sleep(TAIL_POLL);
-        while let Err(e) = reader.reopen() {
+        while let Err(e) = reader.poll() {
+            if matches!(e, Error::Retracted { .. }) {
+                report_read_error("tail", &e);
+                return Ok(Verdict::Problems);
+            }
+            if reader.sync_failed() {
+                // The storage failed: what lies past the proven end may never be durable,
+                // and a retried fdatasync could succeed without it.
+                let msg = escape::text(&e.to_string()).into_owned();
+                let _ = writeln!(
+                    io::stderr(),
+                    "annal tail: {msg}; records from seq {} on are not durable",
+                    reader.proven_end()
+                );
+                return Ok(Verdict::Problems);
+            }
             failures += 1;
             if failures >= TAIL_RETRIES_MAX {
                 report_read_error("tail", &e);

@@ -63,12 +63,19 @@ enum Command {
     /// beside a writer). On a damaged record, prints everything before it, names the damage on
     /// stderr and exits 1.
     Read(ReadArgs),
-    /// Print events, then follow what other processes append (read-only, polls every 250 ms).
+    /// Print durable events, then follow what other processes append (read-only, no lock).
     ///
-    /// Prints as read does, then re-opens the store read-only every 250 ms (no lock) and prints
-    /// the records that became complete on disk. A writer under sync durability fsyncs them
-    /// before it acknowledges; tail may print one a moment before that fsync returns. Runs
-    /// until interrupted or its output is closed; exit 1 if the store cannot be read.
+    /// Prints as read does, then re-opens the store read-only every 250 ms and prints each
+    /// new record once it is provably durable, never before: once a later frame the writer
+    /// wrote after an fsync covers it (its synced_through; a seal or close frame covers all
+    /// before it), or once it has waited 1 s without that and tail's own fdatasync of the
+    /// segment succeeded and a fresh read still finds it intact (the wait ends an idle
+    /// writer's last group; --no-sync turns it off). Records a writer set aside after its
+    /// fsync failed are never printed. If tail's own fdatasync fails, it says from which seq
+    /// on records are not durable and exits 1; if a writer whose fsync failed later sets
+    /// aside records only tail's fdatasync had made durable (it had not synced them itself:
+    /// batched or none durability), tail says so and exits 1. Runs until interrupted or its
+    /// output is closed; exit 1 if the store cannot be read.
     Tail(TailArgs),
     /// Describe a store: segments, streams, checkpoints, snapshots, projections, last shutdown.
     ///
@@ -206,6 +213,10 @@ struct TailArgs {
     /// First seq to print.
     #[arg(long, default_value_t = 0)]
     from: u64,
+    /// Never fdatasync the store: print only what the writer's frames prove durable (an
+    /// idle writer's last group then waits for its next append or its close).
+    #[arg(long)]
+    no_sync: bool,
 }
 
 #[derive(Debug, Args)]
@@ -248,7 +259,10 @@ fn main() -> ExitCode {
             };
             split(events::read(&args.dir.dir, &q, &mut stdout.lock()))
         }
-        Command::Tail(args) => split(events::tail(&args.dir.dir, args.from, &mut stdout.lock())),
+        Command::Tail(args) => {
+            let sync = !args.no_sync;
+            split(events::tail(&args.dir.dir, args.from, sync, &mut stdout.lock()))
+        }
         Command::Inspect(args) => {
             split(check::inspect(&args.dir.dir, args.json, &mut stdout.lock()))
         }

@@ -493,6 +493,119 @@ fn tail_follows_a_concurrent_writer() {
     assert_eq!(got[21]["data"], 19);
 }
 
+/// Lines of a spawned `annal tail`, read on a thread so a test can wait with a deadline.
+struct Tail {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Tail {
+    fn spawn(dir: &Path, extra: &[&str]) -> Tail {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_annal"))
+            .arg("tail")
+            .args(extra)
+            .arg("--dir")
+            .arg(dir)
+            .env_remove("ANNAL_DIR")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(serde_json::from_str::<Value>(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        Tail { child, lines }
+    }
+
+    /// The seqs printed within `wait`.
+    fn seqs_within(&self, wait: std::time::Duration) -> Vec<u64> {
+        let until = std::time::Instant::now() + wait;
+        let mut seqs = Vec::new();
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) => seqs.push(v["seq"].as_u64().unwrap()),
+                Err(_) => break,
+            }
+        }
+        seqs
+    }
+
+    /// The next `n` seqs printed, failing after `wait`.
+    fn next_seqs(&self, n: usize, wait: std::time::Duration) -> Vec<u64> {
+        let until = std::time::Instant::now() + wait;
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let v = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("tail printed only {seqs:?} of {n} lines within {wait:?}")
+            });
+            seqs.push(v["seq"].as_u64().unwrap());
+        }
+        seqs
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A writer under `Durability::None` that never syncs: its events are complete on disk (in
+/// the page cache) but not durable, and no later frame vouches for them.
+fn unsynced_writer(dir: &Path) -> Store {
+    let log = Options { durability: annal::Durability::None, ..Options::default() };
+    let store = open_store(dir, StoreOptions { log, ..StoreOptions::default() });
+    for i in 0..2 {
+        let e = NewEvent::new("Unsynced", format!("{i}"));
+        store.append("late", ExpectedVersion::Any, &[e]).unwrap();
+    }
+    store
+}
+
+#[test]
+fn tail_prints_unsynced_events_only_after_its_own_fdatasync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    event_store(dir, 3, 1);
+    let writer = unsynced_writer(dir);
+    let tail = Tail::spawn(dir, &[]);
+    // Seqs 3 and 4 are written, not durable: tail waits (TAIL_SYNC_AFTER) before it makes
+    // them durable itself, so within the first 600 ms only the durable prefix shows.
+    let early = tail.seqs_within(std::time::Duration::from_millis(600));
+    assert_eq!(early, [0, 1, 2], "tail printed events that were not durable yet");
+    // Then its own fdatasync of the segment covers them, and it prints them.
+    assert_eq!(tail.next_seqs(2, std::time::Duration::from_secs(10)), [3, 4]);
+    drop(writer);
+}
+
+#[test]
+fn tail_no_sync_waits_for_a_frame_that_proves_the_events_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    event_store(dir, 3, 1);
+    let writer = unsynced_writer(dir);
+    let tail = Tail::spawn(dir, &["--no-sync"]);
+    assert_eq!(tail.seqs_within(std::time::Duration::from_millis(1500)), [0, 1, 2]);
+    // An fsync alone writes no frame: nothing on disk proves it to a reader yet.
+    writer.log().sync().unwrap();
+    assert_eq!(tail.seqs_within(std::time::Duration::from_millis(600)), Vec::<u64>::new());
+    // The next batch's frame carries synced_through past seqs 3 and 4, not past itself.
+    writer.append("late", ExpectedVersion::Any, &[NewEvent::new("Unsynced", "2")]).unwrap();
+    assert_eq!(tail.next_seqs(2, std::time::Duration::from_secs(10)), [3, 4]);
+    assert_eq!(tail.seqs_within(std::time::Duration::from_millis(600)), Vec::<u64>::new());
+    // The close frame proves the rest.
+    writer.close().unwrap();
+    assert_eq!(tail.next_seqs(1, std::time::Duration::from_secs(10)), [5]);
+}
+
 #[test]
 fn streams_and_snapshots_list_what_is_there() {
     let tmp = tempfile::tempdir().unwrap();
