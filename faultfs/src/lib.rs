@@ -674,8 +674,15 @@ impl Mounted {
             }
         }
         // The kernel ends the session now; `fuser`'s own unmount (when the session is
-        // dropped) finds nothing left to do and ignores the error it gets.
-        session.join()
+        // dropped) finds nothing left to do and ignores the error it gets. Reading the
+        // device of an unmounted file system fails with ENODEV (which `fuser` takes as the
+        // end) or, when the kernel aborted the connection, ECONNABORTED: the end too.
+        match session.join() {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::CONNABORTED.raw_os_error()) => {
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
