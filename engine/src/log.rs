@@ -739,10 +739,8 @@ impl Inner {
                 .map_err(|(o, e)| e.at(&seg.path, o))?;
             return Ok(Some(Record { seq, timestamp_us, payload }));
         }
-        let (payload_off, len) = segment::record_at(&mut src, off, end, seq, RECORD_BODY_BYTES_MAX)
+        let (payload, _) = segment::read_record(&mut src, off, end, seq, RECORD_BODY_BYTES_MAX)
             .map_err(|(o, e)| e.at(&seg.path, o))?;
-        let payload =
-            src.bytes(payload_off, len as usize).map_err(|e| Error::io("read", &seg.path, e))?;
         Ok(Some(Record { seq, timestamp_us, payload }))
     }
 
@@ -1063,14 +1061,9 @@ impl Cursor {
             };
         }
         let body_end = p.frame_off + FRAME_HEADER_BYTES as u64 + u64::from(p.frame.body_bytes);
-        let (payload_off, len) =
-            segment::record_at(&mut p.src, p.rec_off, body_end, self.next, max)
-                .map_err(|(o, e)| e.at(&p.seg.path, o))?;
-        let payload = p
-            .src
-            .bytes(payload_off, len as usize)
-            .map_err(|e| Error::io("read", &p.seg.path, e))?;
-        p.rec_off = payload_off + u64::from(len);
+        let (payload, next) = segment::read_record(&mut p.src, p.rec_off, body_end, self.next, max)
+            .map_err(|(o, e)| e.at(&p.seg.path, o))?;
+        p.rec_off = next;
         let rec = Record { seq: self.next, timestamp_us: p.frame.timestamp_us, payload };
         self.next += 1;
         Ok(Some(rec))

@@ -32,8 +32,8 @@ const READ_WINDOW_MAX_BYTES: usize = 256 << 10;
 /// Random access to a segment's bytes: a memory map of a sealed segment, or positioned reads
 /// through a window buffer.
 pub(crate) enum Source {
-    /// The whole file, mapped, as one `Bytes` that owns the map: slicing it hands out
-    /// records without copying or allocating.
+    /// The whole file, mapped, as one `Bytes` that owns the map. Records are read out of it
+    /// by copying ([`read_record`]): a payload handed to a caller never aliases the map.
     Mapped(bytes::Bytes),
     /// Positioned reads of the first `len` bytes of `file`.
     File {
@@ -111,8 +111,8 @@ impl Source {
     }
 }
 
-/// Lets a memory map own the bytes of a [`bytes::Bytes`], so reads of sealed segments do
-/// not copy.
+/// Lets a memory map own the bytes of a [`bytes::Bytes`], so that every reader of a sealed
+/// segment shares one map.
 struct MapOwner(memmap2::Mmap);
 
 impl AsRef<[u8]> for MapOwner {
@@ -124,20 +124,6 @@ impl AsRef<[u8]> for MapOwner {
 /// The whole of a mapped file as one `Bytes` owning the map.
 pub(crate) fn mapped_bytes(map: memmap2::Mmap) -> bytes::Bytes {
     bytes::Bytes::from_owner(MapOwner(map))
-}
-
-impl Source {
-    /// The `n` bytes at `off` as an owned `Bytes` (zero-copy from a map).
-    pub(crate) fn bytes(&mut self, off: u64, n: usize) -> io::Result<bytes::Bytes> {
-        if let Source::Mapped(m) = self {
-            let end = off.checked_add(n as u64).filter(|&e| e <= m.len() as u64);
-            let Some(end) = end else {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            };
-            return Ok(m.slice(off as usize..end as usize));
-        }
-        Ok(bytes::Bytes::copy_from_slice(self.get(off, n)?))
-    }
 }
 
 /// Why a frame at some offset is not valid, or an I/O error reading it.
@@ -316,6 +302,30 @@ pub(crate) fn record_at(
     let bytes = src.get(pos, RECORD_HEADER_BYTES + len as usize).map_err(|e| (pos, e.into()))?;
     decode_record_header(bytes, seq, max_payload).map_err(|e| (pos, e.into()))?;
     Ok((pos + RECORD_HEADER_BYTES as u64, len))
+}
+
+/// Reads the record whose header is at `pos` (inside a batch body ending at `body_end`) and
+/// returns its payload and the offset after it. The record is copied out of the source
+/// first and the copy is verified (CRC, seq): the payload returned is the bytes that were
+/// checked. Checking a memory map and then copying it, or handing out a view of the map,
+/// would let a change to the file in between (another process ignoring `LOCK`, a page
+/// re-read from a failing disk) reach the caller unchecked.
+pub(crate) fn read_record(
+    src: &mut Source,
+    pos: u64,
+    body_end: u64,
+    seq: u64,
+    max_payload: u32,
+) -> Result<(bytes::Bytes, u64), (u64, FrameError)> {
+    let len = record_len_at(src, pos, body_end, max_payload).map_err(|e| (pos, e))?;
+    // Bounded by `max_payload`, checked by `record_len_at`.
+    let copy = src.get(pos, RECORD_HEADER_BYTES + len as usize).map_err(|e| (pos, e.into()))?;
+    let copy = copy.to_vec();
+    // The copy's own header decides the length: it is what the CRC covers.
+    let (header, _) = decode_record_header(&copy, seq, max_payload).map_err(|e| (pos, e.into()))?;
+    let end = RECORD_HEADER_BYTES + header.payload_bytes as usize;
+    let payload = bytes::Bytes::from(copy).slice(RECORD_HEADER_BYTES..end);
+    Ok((payload, pos + end as u64))
 }
 
 /// Where and why a scan stopped.
