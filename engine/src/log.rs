@@ -768,10 +768,8 @@ impl Inner {
                 .map_err(|(o, e)| e.at(&seg.path, o))?;
             return Ok(Some(Record { seq, timestamp_us, payload }));
         }
-        let (payload_off, len) = segment::record_at(&mut src, off, end, seq, RECORD_BODY_BYTES_MAX)
+        let (payload, _) = segment::read_record(&mut src, off, end, seq, RECORD_BODY_BYTES_MAX)
             .map_err(|(o, e)| e.at(&seg.path, o))?;
-        let payload =
-            src.bytes(payload_off, len as usize).map_err(|e| Error::io("read", &seg.path, e))?;
         Ok(Some(Record { seq, timestamp_us, payload }))
     }
 
@@ -985,6 +983,8 @@ struct Pos {
     frame: Frame,
     /// Offset of the next record inside the batch.
     rec_off: u64,
+    /// The current batch's body, copied out of the segment (see `segment::BatchCopy`).
+    copy: Option<segment::BatchCopy>,
 }
 
 impl Pos {
@@ -1064,7 +1064,7 @@ impl Cursor {
             let (rec_off, _) = segment::locate_record(&mut src, frame_off, &frame, seq, max)
                 .map_err(|(o, e)| e.at(&seg.path, o))?;
             let rec_off = rec_off - crate::limits::RECORD_HEADER_BYTES as u64;
-            self.pos = Some(Pos { seg, src, frame_off, frame, rec_off });
+            self.pos = Some(Pos { seg, src, frame_off, frame, rec_off, copy: None });
         }
         let Some(p) = self.pos.as_mut() else {
             return Ok(None);
@@ -1092,14 +1092,22 @@ impl Cursor {
             };
         }
         let body_end = p.frame_off + FRAME_HEADER_BYTES as u64 + u64::from(p.frame.body_bytes);
-        let (payload_off, len) =
-            segment::record_at(&mut p.src, p.rec_off, body_end, self.next, max)
-                .map_err(|(o, e)| e.at(&p.seg.path, o))?;
-        let payload = p
-            .src
-            .bytes(payload_off, len as usize)
-            .map_err(|e| Error::io("read", &p.seg.path, e))?;
-        p.rec_off = payload_off + u64::from(len);
+        let body_start = p.frame_off + FRAME_HEADER_BYTES as u64;
+        let (payload, next) = if p.frame.body_bytes <= crate::limits::BATCH_COPY_BYTES_MAX {
+            // The whole batch copied once, its records checked and handed out from the copy.
+            let copy = match p.copy.take() {
+                Some(c) if c.covers(body_start) => c,
+                old => segment::BatchCopy::take(&mut p.src, body_start, p.frame.body_bytes, old)
+                    .map_err(|e| Error::io("read", &p.seg.path, e))?,
+            };
+            let read = copy.record(p.rec_off, body_end, self.next, max);
+            p.copy = Some(copy);
+            read
+        } else {
+            segment::read_record(&mut p.src, p.rec_off, body_end, self.next, max)
+        }
+        .map_err(|(o, e)| e.at(&p.seg.path, o))?;
+        p.rec_off = next;
         let rec = Record { seq: self.next, timestamp_us: p.frame.timestamp_us, payload };
         self.next += 1;
         Ok(Some(rec))

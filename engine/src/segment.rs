@@ -33,8 +33,8 @@ const READ_WINDOW_MAX_BYTES: usize = 256 << 10;
 /// Random access to a segment's bytes: a memory map of a sealed segment, or positioned reads
 /// through a window buffer.
 pub(crate) enum Source {
-    /// The whole file, mapped, as one `Bytes` that owns the map: slicing it hands out
-    /// records without copying or allocating.
+    /// The whole file, mapped, as one `Bytes` that owns the map. Records are read out of it
+    /// by copying ([`read_record`]): a payload handed to a caller never aliases the map.
     Mapped(bytes::Bytes),
     /// Positioned reads of the first `len` bytes of `file`.
     File {
@@ -112,8 +112,8 @@ impl Source {
     }
 }
 
-/// Lets a memory map own the bytes of a [`bytes::Bytes`], so reads of sealed segments do
-/// not copy.
+/// Lets a memory map own the bytes of a [`bytes::Bytes`], so that every reader of a sealed
+/// segment shares one map.
 struct MapOwner(memmap2::Mmap);
 
 impl AsRef<[u8]> for MapOwner {
@@ -125,20 +125,6 @@ impl AsRef<[u8]> for MapOwner {
 /// The whole of a mapped file as one `Bytes` owning the map.
 pub(crate) fn mapped_bytes(map: memmap2::Mmap) -> bytes::Bytes {
     bytes::Bytes::from_owner(MapOwner(map))
-}
-
-impl Source {
-    /// The `n` bytes at `off` as an owned `Bytes` (zero-copy from a map).
-    pub(crate) fn bytes(&mut self, off: u64, n: usize) -> io::Result<bytes::Bytes> {
-        if let Source::Mapped(m) = self {
-            let end = off.checked_add(n as u64).filter(|&e| e <= m.len() as u64);
-            let Some(end) = end else {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            };
-            return Ok(m.slice(off as usize..end as usize));
-        }
-        Ok(bytes::Bytes::copy_from_slice(self.get(off, n)?))
-    }
 }
 
 /// Why a frame at some offset is not valid, or an I/O error reading it.
@@ -206,7 +192,13 @@ fn record_len_at(
         return Err(DecodeError::Inconsistent("record header crosses the batch end").into());
     }
     let h = src.get(pos, RECORD_HEADER_BYTES)?;
-    let len = LE::read_u32(&h[4..8]);
+    record_len_in(h, pos, body_end, max_payload)
+}
+
+/// The payload length in the record header `h` (of the record at `pos` in a batch body
+/// ending at `body_end`), bounded by the batch and by `max_payload`.
+fn record_len_in(h: &[u8], pos: u64, body_end: u64, max_payload: u32) -> Result<u32, FrameError> {
+    let len = h.get(4..8).map_or(u32::MAX, LE::read_u32);
     if len > max_payload {
         return Err(DecodeError::OutOfBounds {
             field: "record payload_bytes",
@@ -317,6 +309,97 @@ pub(crate) fn record_at(
     let bytes = src.get(pos, RECORD_HEADER_BYTES + len as usize).map_err(|e| (pos, e.into()))?;
     decode_record_header(bytes, seq, max_payload).map_err(|e| (pos, e.into()))?;
     Ok((pos + RECORD_HEADER_BYTES as u64, len))
+}
+
+/// Reads the record whose header is at `pos` (inside a batch body ending at `body_end`) and
+/// returns its payload and the offset after it. The record is copied out of the source
+/// first and the copy is verified (CRC, seq): the payload returned is the bytes that were
+/// checked. Checking a memory map and then copying it, or handing out a view of the map,
+/// would let a change to the file in between (another process ignoring `LOCK`, a page
+/// re-read from a failing disk) reach the caller unchecked.
+pub(crate) fn read_record(
+    src: &mut Source,
+    pos: u64,
+    body_end: u64,
+    seq: u64,
+    max_payload: u32,
+) -> Result<(bytes::Bytes, u64), (u64, FrameError)> {
+    let len = record_len_at(src, pos, body_end, max_payload).map_err(|e| (pos, e))?;
+    // Bounded by `max_payload`, checked by `record_len_at`.
+    let copy = src.get(pos, RECORD_HEADER_BYTES + len as usize).map_err(|e| (pos, e.into()))?;
+    let copy = copy.to_vec();
+    // The copy's own header decides the length: it is what the CRC covers.
+    let (header, _) = decode_record_header(&copy, seq, max_payload).map_err(|e| (pos, e.into()))?;
+    let end = RECORD_HEADER_BYTES + header.payload_bytes as usize;
+    let payload = bytes::Bytes::from(copy).slice(RECORD_HEADER_BYTES..end);
+    Ok((payload, pos + end as u64))
+}
+
+/// A private copy of one batch body, taken out of a source before any of its records is
+/// checked, so that the payloads a cursor hands out are slices of bytes that were checked
+/// and that nothing else can change (not views of a memory map).
+pub(crate) struct BatchCopy {
+    /// File offset of `bytes[0]`.
+    start: u64,
+    bytes: bytes::Bytes,
+}
+
+impl BatchCopy {
+    /// Copies the `len` bytes at `start` (a batch body; the caller bounds `len` by
+    /// [`crate::limits::BATCH_COPY_BYTES_MAX`]). The buffer of `reuse`, the previous copy,
+    /// is written over if no payload handed out from it is still held: a scan then copies
+    /// into memory it has touched already instead of a fresh allocation per batch.
+    pub(crate) fn take(
+        src: &mut Source,
+        start: u64,
+        len: u32,
+        reuse: Option<BatchCopy>,
+    ) -> io::Result<BatchCopy> {
+        let data = src.get(start, len as usize)?;
+        let mut buf = match reuse.map(|c| c.bytes.try_into_mut()) {
+            Some(Ok(mut b)) => {
+                b.clear();
+                b
+            }
+            _ => bytes::BytesMut::with_capacity(data.len()),
+        };
+        buf.extend_from_slice(data);
+        Ok(BatchCopy { start, bytes: buf.freeze() })
+    }
+
+    /// Whether this is the copy of the batch body starting at `start`.
+    pub(crate) fn covers(&self, start: u64) -> bool {
+        self.start == start
+    }
+
+    /// The record whose header is at file offset `pos` (inside the body, which ends at
+    /// `body_end`), verified in the copy: its payload and the offset after it.
+    pub(crate) fn record(
+        &self,
+        pos: u64,
+        body_end: u64,
+        seq: u64,
+        max_payload: u32,
+    ) -> Result<(bytes::Bytes, u64), (u64, FrameError)> {
+        let (Some(rel), Some(rel_end)) =
+            (pos.checked_sub(self.start), body_end.checked_sub(self.start))
+        else {
+            let e = DecodeError::Inconsistent("record outside the copied batch");
+            return Err((pos, e.into()));
+        };
+        let body = self.bytes.get(..rel_end as usize).unwrap_or_default();
+        let h = body.get(rel as usize..).and_then(|b| b.get(..RECORD_HEADER_BYTES));
+        let Some(h) = h else {
+            let e = DecodeError::Inconsistent("record header crosses the batch end");
+            return Err((pos, e.into()));
+        };
+        let len = record_len_in(h, rel, rel_end, max_payload).map_err(|e| (pos, e))?;
+        let end = rel + (RECORD_HEADER_BYTES as u64) + u64::from(len);
+        let record = body.get(rel as usize..end as usize).unwrap_or_default();
+        decode_record_header(record, seq, max_payload).map_err(|e| (pos, e.into()))?;
+        let payload = (rel as usize + RECORD_HEADER_BYTES)..end as usize;
+        Ok((self.bytes.slice(payload), self.start + end))
+    }
 }
 
 /// Where and why a scan stopped.

@@ -15,6 +15,13 @@
 //! preallocate, rename, ...) to the trace as marks, and can stop the world at its n-th mutating
 //! operation: it crashes the `SimFs` there and fails every later call, as a dead process
 //! would. Seeds: `ANNAL_SEED` (default fixed), printed.
+//!
+//! RELIABILITY.md row 2's ordering half (ALICE): at every operation of a shorter workload
+//! (`ANNAL_ALICE_BATCHES`, default 40), under `Sync` and under `Batched`, power is lost with the
+//! unsynced operations persisted out of order: every subset of them (`CrashMode::KeepOnly`) when
+//! there are at most `ANNAL_ALICE_EXHAUSTIVE` (default 10), else each dropped alone and each kept
+//! alone; later writes of a file without earlier ones, and later operations on one file or
+//! directory without earlier ones on another.
 
 const FH: usize = annal::limits::FRAME_HEADER_BYTES;
 const FH64: u64 = FH as u64;
@@ -25,10 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use annal::fs::{
-    CrashMode, CrashReport, LockGuard, OpenMode, Preallocation, SimFs, Storage, StorageFile,
-    TraceEvent,
+    CrashMode, CrashReport, LockGuard, OpenMode, PendingOp, Preallocation, SimFs, Storage,
+    StorageFile, TraceEvent,
 };
-use annal::{Appended, Error, Log, Options, RecoveryReport};
+use annal::{Appended, Durability, Error, Log, Options, RecoveryReport};
 
 const DIR: &str = "/store";
 const SEG_DIR: &str = "/store/segments";
@@ -63,6 +70,8 @@ struct Ctl {
     mode: Mutex<CrashMode>,
     dead: AtomicBool,
     report: Mutex<Option<CrashReport>>,
+    /// The operations pending when the power went, oldest first.
+    pending: Mutex<Option<Vec<PendingOp>>>,
 }
 
 fn dead() -> io::Error {
@@ -81,6 +90,7 @@ impl Ctl {
         if n == self.crash_at.load(SeqCst) {
             self.dead.store(true, SeqCst);
             let mode = *self.mode.lock().unwrap();
+            *self.pending.lock().unwrap() = Some(self.sim.pending_op_list());
             *self.report.lock().unwrap() = Some(self.sim.crash_with(mode));
             return Err(dead());
         }
@@ -104,6 +114,7 @@ impl Probe {
             mode: Mutex::new(CrashMode::DropAll),
             dead: AtomicBool::new(false),
             report: Mutex::new(None),
+            pending: Mutex::new(None),
         }))
     }
 
@@ -489,32 +500,61 @@ fn roll_order_checker_rejects_misordered_traces() {
 
 const CRASH_BATCHES: usize = 60;
 
-/// Runs the single-threaded roll workload and loses power right before its `n`-th mutating
-/// storage operation after open; returns the attempts and the crash report.
-fn crash_run(sim: &SimFs, n: u64, mode: CrashMode) -> (Attempts, Option<CrashReport>) {
+/// What a crash run saw: the attempts, the crash report and the operations pending at the
+/// crash (oldest first).
+type CrashRun = (Attempts, Option<CrashReport>, Option<Vec<PendingOp>>);
+
+/// Runs the single-threaded roll workload of `batches` appends with `durability` and loses
+/// power right before its `n`-th mutating storage operation after open. Under
+/// `Durability::Batched` an append counts as acknowledged only once `durable_head()` covered
+/// it; the others are recorded as failed (attempted, not acknowledged).
+fn crash_run(
+    sim: &SimFs,
+    n: u64,
+    mode: CrashMode,
+    batches: usize,
+    durability: Durability,
+) -> CrashRun {
     let probe = Probe::new(sim);
-    let log = Log::open_with(Arc::new(probe.clone()) as Arc<dyn Storage>, DIR, opts()).unwrap();
+    let o = Options { durability, ..opts() };
+    let log = Log::open_with(Arc::new(probe.clone()) as Arc<dyn Storage>, DIR, o).unwrap();
     probe.crash_before(n, mode);
     let mut mine = Vec::new();
-    for i in 0..CRASH_BATCHES {
+    let mut durable = None;
+    for i in 0..batches {
         let b = batch(0, i);
         let r = log.append(&b);
+        durable = durable.max(log.durable_head());
         let failed = r.is_err();
         mine.push((b, r));
         if failed {
             break;
         }
     }
+    for (_, r) in &mut mine {
+        if let Ok(a) = r
+            && durable.is_none_or(|d| a.last() > d)
+        {
+            *r = Err(Error::Closed);
+        }
+    }
     drop(log);
     let report = probe.0.report.lock().unwrap().take();
-    (vec![mine], report)
+    let pending = probe.0.pending.lock().unwrap().take();
+    (vec![mine], report, pending)
 }
 
 /// One crash state: crash, reopen, oracle, append, crash again, reopen, oracle. Returns what
 /// the first recovery reported.
-fn crash_case(seed: u64, n: u64, mode: CrashMode) -> Result<RecoveryReport, String> {
+fn crash_case(
+    seed: u64,
+    n: u64,
+    mode: CrashMode,
+    batches: usize,
+    durability: Durability,
+) -> Result<RecoveryReport, String> {
     let sim = SimFs::new(seed);
-    let (mut attempts, report) = crash_run(&sim, n, mode);
+    let (mut attempts, report, _) = crash_run(&sim, n, mode, batches, durability);
     let Some(report) = report else {
         return Err("the workload ended before the crash point".into());
     };
@@ -578,7 +618,7 @@ fn power_loss_at_every_operation_around_rolls_keeps_every_ack() {
         }
         for (mode, s) in modes {
             runs += 1;
-            match crash_case(s, n, mode) {
+            match crash_case(s, n, mode, CRASH_BATCHES, Durability::Sync) {
                 Ok(report) => {
                     seals += usize::from(!report.seals_completed.is_empty());
                     cuts += usize::from(report.truncated.is_some());
@@ -596,6 +636,138 @@ fn power_loss_at_every_operation_around_rolls_keeps_every_ack() {
     assert!(
         failures.is_empty(),
         "{} of {runs} crash states failed; first 10:\n{}",
+        failures.len(),
+        failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// ALICE's reordering phase
+// ---------------------------------------------------------------------------------------
+
+/// Batches of the short workload whose crash states are enumerated with reordering
+/// (`ANNAL_ALICE_BATCHES`); the default rolls four times.
+fn alice_batches() -> usize {
+    std::env::var("ANNAL_ALICE_BATCHES").ok().and_then(|s| s.parse().ok()).unwrap_or(40)
+}
+
+/// Up to this many pending operations at a crash point, every subset of them is a crash
+/// state (`ANNAL_ALICE_EXHAUSTIVE`, at most 16); above it, ALICE's own choice: each one
+/// dropped with all the others kept, and each one kept alone.
+fn alice_exhaustive() -> usize {
+    std::env::var("ANNAL_ALICE_EXHAUSTIVE").ok().and_then(|s| s.parse().ok()).unwrap_or(10).min(16)
+}
+
+/// Whether `mask` keeps a later pending operation while an earlier one is dropped, and
+/// whether such a pair exists within one file's data and across different files.
+fn reorders(mask: u64, pending: &[PendingOp]) -> (bool, bool) {
+    let (mut same, mut different) = (false, false);
+    for (j, later) in pending.iter().enumerate().take(64) {
+        if mask >> j & 1 == 0 {
+            continue;
+        }
+        for earlier in pending.iter().take(j).enumerate().filter(|(i, _)| mask >> i & 1 == 0) {
+            let earlier = earlier.1;
+            if !earlier.dir_op && !later.dir_op && earlier.path == later.path {
+                same = true;
+            } else if earlier.path != later.path {
+                different = true;
+            }
+        }
+    }
+    (same, different)
+}
+
+/// The durabilities of the reordering phase: `Sync` (each batch fsynced before its ack, so
+/// few operations are pending at once, most of them inside rolls) and `Batched` with a
+/// flush every ~2 KiB (several batches pending: their writes reordered among themselves).
+fn alice_durabilities() -> [Durability; 2] {
+    let batched =
+        Durability::Batched { max_delay: std::time::Duration::from_secs(3600), max_bytes: 2048 };
+    [Durability::Sync, batched]
+}
+
+/// RELIABILITY.md row 2, ALICE's ordering phase: at every storage operation of a short
+/// rolling workload, power is lost with the unsynced operations persisted *out of order*:
+/// every subset of them (or, when there are many, each one dropped alone and each one kept
+/// alone), so a later write, create or rename reaches the disk while an earlier one does not,
+/// in the same file and across files. Every such state recovers and satisfies the oracle.
+#[test]
+fn power_loss_with_unsynced_operations_reordered_keeps_every_ack() {
+    let seed = base_seed() ^ 0xA11CE;
+    let batches = alice_batches();
+    let exhaustive = alice_exhaustive();
+    let mut failures = Vec::new();
+    for durability in alice_durabilities() {
+        let total = {
+            let sim = SimFs::new(seed);
+            let probe = Probe::new(&sim);
+            let o = Options { durability, ..opts() };
+            let log = Log::open_with(Arc::new(probe.clone()) as Arc<dyn Storage>, DIR, o).unwrap();
+            let start = probe.0.ops.load(SeqCst);
+            for i in 0..batches {
+                log.append(&batch(0, i)).unwrap();
+            }
+            assert!(log.stats().rolls >= 1, "the short workload never rolls");
+            let n = probe.0.ops.load(SeqCst) - start;
+            probe.0.dead.store(true, SeqCst);
+            n
+        };
+        let (mut states, mut same_file, mut across_files, mut most) = (0u64, 0u64, 0u64, 0);
+        // How often recovery had to repair the reordered state.
+        let (mut cuts, mut seals, mut temps) = (0u64, 0u64, 0u64);
+        for n in 0..total {
+            // The operations pending at this crash point (the workload is deterministic).
+            let sim = SimFs::new(seed);
+            let (_, _, pending) = crash_run(&sim, n, CrashMode::DropAll, batches, durability);
+            let pending = pending.expect("the workload ended before the crash point");
+            let p = pending.len().min(64);
+            most = most.max(p);
+            let masks: Vec<u64> = if p <= exhaustive {
+                (0..1u64 << p).collect()
+            } else {
+                let all = if p == 64 { u64::MAX } else { (1u64 << p) - 1 };
+                (0..p).flat_map(|i| [all & !(1 << i), 1 << i]).collect()
+            };
+            for mask in masks {
+                let (same, different) = reorders(mask, &pending);
+                states += 1;
+                same_file += u64::from(same);
+                across_files += u64::from(different);
+                let mode = CrashMode::KeepOnly(mask);
+                let result = crash_case(seed, n, mode, batches, durability);
+                if let Ok(r) = &result
+                    && (same || different)
+                {
+                    cuts += u64::from(r.truncated.is_some());
+                    seals += u64::from(!r.seals_completed.is_empty());
+                    temps += u64::from(!r.temp_files_removed.is_empty());
+                }
+                if let Err(e) = result {
+                    let kept: Vec<String> = (0..p)
+                        .filter(|i| mask >> i & 1 == 1)
+                        .map(|i| format!("{} {}", pending[i].path, pending[i].what))
+                        .collect();
+                    failures.push(format!(
+                        "{durability:?}, crash before op {n}, kept only {kept:?}: {e}"
+                    ));
+                }
+            }
+        }
+        eprintln!(
+            "{durability:?}: {total} crash points of {batches} batches, {states} crash states \
+             (up to {most} pending operations, all subsets up to {exhaustive}): {same_file} \
+             persist a later write of a file without an earlier one, {across_files} a later \
+             operation on one file or directory without an earlier one on another; recovery \
+             of the reordered ones cut {cuts} tails, completed {seals} seals, removed temp \
+             files {temps} times"
+        );
+        assert!(same_file > 0 && across_files > 0, "{durability:?}: no reordered state");
+        assert!(cuts + seals + temps > 0, "{durability:?}: no reordered state needed a repair");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} reordered crash states failed; first 10:\n{}",
         failures.len(),
         failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
     );

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 mod sim;
 mod std_fs;
 
-pub use sim::{CrashMode, CrashReport, SimFs, TraceEvent};
+pub use sim::{CrashMode, CrashReport, PendingOp, SimFs, TraceEvent};
 pub use std_fs::StdFs;
 
 /// How a file is opened.

@@ -59,6 +59,25 @@ pub enum CrashMode {
     KeepAll,
     /// No pending operation reaches the disk: only what was synced survives.
     DropAll,
+    /// Exactly the pending operations whose bit is set reach the disk intact; the others are
+    /// dropped. Bit `i` stands for the `i`-th oldest pending operation, file and directory
+    /// operations together, in the order they were issued (the order
+    /// [`SimFs::pending_op_list`] lists them in); operations past the 64th are dropped. This
+    /// is how a test enumerates ALICE's reordering states: a later unsynced operation on disk
+    /// while an earlier one is not, in the same file or in different ones.
+    KeepOnly(u64),
+}
+
+/// One pending (unsynced) operation, as [`SimFs::pending_op_list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingOp {
+    /// The file (a current or durable name of its inode) or directory it changes.
+    pub path: String,
+    /// Whether it is a directory operation (create, unlink, rename) rather than a write,
+    /// `set_len` or preallocation of a file's data.
+    pub dir_op: bool,
+    /// What it does, for messages.
+    pub what: String,
 }
 
 /// One event of the [`SimFs`] trace, in the global order the operations happened.
@@ -148,9 +167,8 @@ enum DirOp {
 struct Inode {
     current: Vec<u8>,
     durable: Vec<u8>,
-    /// Pending operations with their sequence numbers, oldest first.
+    /// Pending operations with their issue numbers (`State::next_op`), oldest first.
     pending: Vec<(u64, FileOp)>,
-    next_seq: u64,
     /// Live (non-stale) handles.
     handles: usize,
 }
@@ -159,7 +177,8 @@ struct Inode {
 struct Dir {
     current: BTreeMap<String, u64>,
     durable: BTreeMap<String, u64>,
-    pending: Vec<DirOp>,
+    /// Pending operations with their issue numbers (`State::next_op`), oldest first.
+    pending: Vec<(u64, DirOp)>,
 }
 
 /// A one-shot fault firing on the `remaining`-th next call.
@@ -200,6 +219,8 @@ struct State {
     sync_delay: Duration,
     tracing: bool,
     trace: Vec<TraceEvent>,
+    /// Issue number of the next pending operation, over all files and directories.
+    next_op: u64,
     sync_count: u64,
     dir_sync_count: u64,
     write_count: u64,
@@ -374,6 +395,7 @@ impl State {
             sync_delay: Duration::ZERO,
             tracing: false,
             trace: Vec::new(),
+            next_op: 0,
             sync_count: 0,
             dir_sync_count: 0,
             write_count: 0,
@@ -472,12 +494,17 @@ impl State {
             FileOp::Preallocate(len) => old_len.max(*len),
         };
         self.check_growth(old_len, new_len)?;
+        let seq = self.issue();
         let inode = self.inode_mut(ino)?;
         apply_file_op(&mut inode.current, &op);
-        let seq = inode.next_seq;
-        inode.next_seq += 1;
         inode.pending.push((seq, op));
         Ok(())
+    }
+
+    /// The issue number of a new pending operation.
+    fn issue(&mut self) -> u64 {
+        self.next_op += 1;
+        self.next_op - 1
     }
 
     /// Discards `ino` if nothing can reach it any more: no handle, no current or durable
@@ -492,7 +519,7 @@ impl State {
         let referenced = self.dirs.values().any(|d| {
             d.current.values().any(|&i| i == ino)
                 || d.durable.values().any(|&i| i == ino)
-                || d.pending.iter().any(|op| op.ino() == ino)
+                || d.pending.iter().any(|(_, op)| op.ino() == ino)
         });
         if !referenced {
             self.inodes.remove(&ino);
@@ -516,6 +543,23 @@ impl State {
         let crash_index = self.epoch;
         let mut rng = fastrand::Rng::with_seed(mix(self.seed ^ mix(crash_index)));
         let names = self.inode_names();
+        // For `KeepOnly`: whether each pending operation, by issue number, is kept.
+        let keep_only: BTreeMap<u64, bool> = match mode {
+            CrashMode::KeepOnly(mask) => {
+                let mut seqs: Vec<u64> = self
+                    .inodes
+                    .values()
+                    .flat_map(|i| i.pending.iter().map(|(seq, _)| *seq))
+                    .chain(self.dirs.values().flat_map(|d| d.pending.iter().map(|(seq, _)| *seq)))
+                    .collect();
+                seqs.sort_unstable();
+                seqs.iter()
+                    .enumerate()
+                    .map(|(rank, seq)| (*seq, rank < 64 && mask >> rank & 1 == 1))
+                    .collect()
+            }
+            _ => BTreeMap::new(),
+        };
         let mut report = CrashReport {
             seed: self.seed,
             crash_index,
@@ -528,18 +572,20 @@ impl State {
         };
         for (ino, inode) in &mut self.inodes {
             let who = names.get(ino).map_or("<unlinked>", String::as_str);
-            for (_, op) in std::mem::take(&mut inode.pending) {
-                crash_file_op(&mut rng, mode, &mut inode.durable, &op, &mut report, who);
+            for (seq, op) in std::mem::take(&mut inode.pending) {
+                let forced = keep_only.get(&seq).copied();
+                crash_file_op(&mut rng, mode, forced, &mut inode.durable, &op, &mut report, who);
             }
             inode.current = inode.durable.clone();
             inode.handles = 0;
         }
         for (path, dir) in &mut self.dirs {
-            for op in std::mem::take(&mut dir.pending) {
+            for (seq, op) in std::mem::take(&mut dir.pending) {
                 let keep = match mode {
                     CrashMode::KeepAll => true,
                     CrashMode::DropAll => false,
                     CrashMode::Random => rng.u32(0..100) < DIR_KEEP_PCT,
+                    CrashMode::KeepOnly(_) => keep_only.get(&seq).copied().unwrap_or(false),
                 };
                 let verdict = if keep {
                     op.apply(&mut dir.durable);
@@ -574,6 +620,7 @@ impl State {
 fn crash_file_op(
     rng: &mut fastrand::Rng,
     mode: CrashMode,
+    forced: Option<bool>,
     durable: &mut Vec<u8>,
     op: &FileOp,
     report: &mut CrashReport,
@@ -588,6 +635,13 @@ fn crash_file_op(
     let fate = match mode {
         CrashMode::KeepAll => Fate::Keep,
         CrashMode::DropAll => Fate::Drop,
+        CrashMode::KeepOnly(_) => {
+            if forced.unwrap_or(false) {
+                Fate::Keep
+            } else {
+                Fate::Drop
+            }
+        }
         CrashMode::Random => {
             let r = rng.u32(0..100);
             if r < KEEP_PCT {
@@ -802,6 +856,35 @@ impl SimFs {
             + st.dirs.values().map(|d| d.pending.len()).sum::<usize>()
     }
 
+    /// The pending (unsynced) operations, oldest first, in the order they were issued: bit
+    /// `i` of [`CrashMode::KeepOnly`] stands for the `i`-th of them.
+    pub fn pending_op_list(&self) -> Vec<PendingOp> {
+        let st = self.lock();
+        let names = st.inode_names();
+        let mut ops: Vec<(u64, PendingOp)> = Vec::new();
+        for (ino, inode) in &st.inodes {
+            let path = names.get(ino).cloned().unwrap_or_else(|| format!("<unlinked {ino}>"));
+            for (seq, op) in &inode.pending {
+                let what = match op {
+                    FileOp::Write { offset, data } => {
+                        format!("write {} bytes at {offset}", data.len())
+                    }
+                    FileOp::SetLen(len) => format!("set_len {len}"),
+                    FileOp::Preallocate(len) => format!("preallocate {len}"),
+                };
+                ops.push((*seq, PendingOp { path: path.clone(), dir_op: false, what }));
+            }
+        }
+        for (path, dir) in &st.dirs {
+            for (seq, op) in &dir.pending {
+                let path = path.display().to_string();
+                ops.push((*seq, PendingOp { path, dir_op: true, what: op.describe() }));
+            }
+        }
+        ops.sort_by_key(|(seq, _)| *seq);
+        ops.into_iter().map(|(_, op)| op).collect()
+    }
+
     /// The durable image of the file the durable entry `path` names: what a crash that drops
     /// everything pending would leave there. `None` if there is no such durable entry.
     pub fn durable_bytes(&self, path: impl AsRef<Path>) -> Option<Vec<u8>> {
@@ -969,7 +1052,9 @@ impl StorageFile for SimFile {
             st.check_alive()?;
             st.sync_count += 1;
             let fail = st.take_sync_fault();
-            let upto = st.inode_mut(self.ino)?.next_seq;
+            // Covers the operations issued before it started (of this file: the others'
+            // issue numbers are in other lists).
+            let upto = st.next_op;
             st.record(TraceEvent::SyncStart { path: self.path.clone() });
             (upto, fail, st.sync_delay)
         };
@@ -1082,9 +1167,10 @@ impl Storage for SimFs {
                     ));
                 }
                 let ino = st.alloc_inode();
+                let seq = st.issue();
                 let dir = st.dir_mut(&parent)?;
                 dir.current.insert(name.clone(), ino);
-                dir.pending.push(DirOp::Create { name, ino });
+                dir.pending.push((seq, DirOp::Create { name, ino }));
                 ino
             }
         };
@@ -1166,12 +1252,15 @@ impl Storage for SimFs {
         let replaced = st.dir_mut(&to_dir)?.current.insert(to_name.clone(), ino);
         if from_dir == to_dir {
             let op = DirOp::Rename { from: from_name, to: to_name, ino };
-            st.dir_mut(&from_dir)?.pending.push(op);
+            let seq = st.issue();
+            st.dir_mut(&from_dir)?.pending.push((seq, op));
         } else {
             let out = DirOp::MoveOut { name: from_name, ino, to: to_dir.clone() };
-            st.dir_mut(&from_dir)?.pending.push(out);
+            let seq = st.issue();
+            st.dir_mut(&from_dir)?.pending.push((seq, out));
             let into = DirOp::MoveIn { name: to_name, ino, from: from_dir };
-            st.dir_mut(&to_dir)?.pending.push(into);
+            let seq = st.issue();
+            st.dir_mut(&to_dir)?.pending.push((seq, into));
         }
         if let Some(old) = replaced {
             st.maybe_gc(old);
@@ -1187,9 +1276,10 @@ impl Storage for SimFs {
         if st.dirs.contains_key(&key) {
             return Err(is_a_directory(&key));
         }
+        let seq = st.issue();
         let dir = st.dirs.get_mut(&parent).ok_or_else(|| not_found(&key))?;
         let ino = dir.current.remove(&name).ok_or_else(|| not_found(&key))?;
-        dir.pending.push(DirOp::Unlink { name, ino });
+        dir.pending.push((seq, DirOp::Unlink { name, ino }));
         st.maybe_gc(ino);
         Ok(())
     }
@@ -1233,12 +1323,12 @@ impl Storage for SimFs {
         let dir = st.dir_mut(&key)?;
         let ops = std::mem::take(&mut dir.pending);
         if !fail {
-            for op in &ops {
+            for (_, op) in &ops {
                 op.apply(&mut dir.durable);
             }
         }
         st.record(TraceEvent::DirSync { path: key, ok: !fail });
-        for op in &ops {
+        for (_, op) in &ops {
             st.maybe_gc(op.ino());
         }
         if fail { Err(eio()) } else { Ok(()) }
@@ -1597,6 +1687,39 @@ mod tests {
         }
         let outcomes: BTreeSet<String> = (0..20).map(|s| format!("{:?}", scenario(s).1)).collect();
         assert!(outcomes.len() > 1, "different seeds should differ");
+    }
+
+    #[test]
+    fn keep_only_persists_a_later_op_without_an_earlier_one() {
+        let (sim, f) = setup(3);
+        f.write_all_at(b"first", 0).unwrap();
+        let g = sim.open(p("/d/g"), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"second", 5).unwrap();
+        g.write_all_at(b"other", 0).unwrap();
+        let list = sim.pending_op_list();
+        let described: Vec<(&str, bool, &str)> =
+            list.iter().map(|o| (o.path.as_str(), o.dir_op, o.what.as_str())).collect();
+        assert_eq!(
+            described,
+            [
+                ("/d/f", false, "write 5 bytes at 0"),
+                ("/d", true, "create g (ino 2)"),
+                ("/d/f", false, "write 6 bytes at 5"),
+                ("/d/g", false, "write 5 bytes at 0"),
+            ]
+        );
+        // The same file: the second write without the first (the gap reads as zeros).
+        // Different files: g's name and data without f's first write.
+        let report = sim.crash_with(CrashMode::KeepOnly(0b1110));
+        assert_eq!((report.kept, report.dropped), (3, 1));
+        assert_eq!(sim.current_bytes("/d/f").unwrap(), b"\0\0\0\0\0second");
+        assert_eq!(sim.current_bytes("/d/g").unwrap(), b"other");
+        assert_eq!(sim.pending_ops(), 0);
+        // A data write kept without the create of its file's name is unreachable.
+        let g = sim.open(p("/d/h"), OpenMode::CreateNew).unwrap();
+        g.write_all_at(b"lost", 0).unwrap();
+        sim.crash_with(CrashMode::KeepOnly(0b10));
+        assert!(sim.current_bytes("/d/h").is_none());
     }
 
     #[test]

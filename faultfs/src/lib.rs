@@ -1,0 +1,1017 @@
+//! A LazyFS-like FUSE file system for crash tests through a real kernel path
+//! (RELIABILITY.md rows 3 and 12).
+//!
+//! [`FaultFs`] serves a *backing directory* through FUSE. The backing directory always holds
+//! exactly the **durable image**: what would survive a power loss. Everything since the last
+//! sync lives only in this process's memory, like a page cache that never writes back on its
+//! own:
+//!
+//! * A write or truncate changes the file's in-memory image at once (reads, `stat` and mmap see
+//!   it) and marks the byte range dirty. `fsync`/`fdatasync` on the file writes the dirty
+//!   ranges and the new length to the backing file and fsyncs it (if the file has a durable
+//!   name yet; otherwise its synced content is kept in memory until one of its names becomes
+//!   durable).
+//! * Creating, renaming and unlinking a file change the in-memory directory at once and become
+//!   durable only when the directory is fsynced: `fsync` on the directory makes the backing
+//!   directory's entries equal to the in-memory ones (each newly named file gets the content
+//!   of its last file sync, or nothing) and fsyncs the backing directory. A rename across
+//!   directories needs both directories synced, each deciding for its own entry.
+//! * Directories themselves are created and removed durably at once (as in the engine's
+//!   `SimFs`); renaming a directory is refused with `EPERM`. Hard links, symlinks and special
+//!   files are refused too.
+//!
+//! [`Control::power_loss`] is LazyFS's `clear-cache`: it drops the whole unsynced state (every
+//! dirty range, every unsynced directory change) and switches the mount off, so every later
+//! operation fails with `EIO` until it is unmounted. The backing directory is then the state
+//! after power loss; mount it again, or open it directly, to recover.
+//!
+//! [`Control::fail_fsync_at`] makes one future fsync (file or directory) fail with `EIO`. A
+//! failed file fsync behaves like Linux after a writeback error: the dirty ranges it covered
+//! are marked clean without reaching the backing file, so a later successful fsync does not
+//! make them durable, although reads still see them. A failed directory fsync changes nothing.
+//!
+//! Every file's current image is held in memory (loaded from the backing directory at mount),
+//! so this is meant for test-sized data, not for large stores.
+//!
+//! Mounting needs `/dev/fuse` and the right to call `mount(2)` (root, or a user namespace
+//! with `CAP_SYS_ADMIN`); [`can_mount`] tells a test whether to skip.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! let mounted = faultfs::Mounted::mount("/tmp/backing".as_ref(), "/tmp/mnt".as_ref())?;
+//! // ... run a writer against /tmp/mnt ...
+//! let report = mounted.control().power_loss();
+//! println!("dropped {} unsynced bytes", report.dirty_bytes);
+//! mounted.unmount()?;
+//! // /tmp/backing now holds what survived.
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
+};
+
+/// How long the kernel may cache attributes and entries. This process is the only one that
+/// changes the tree, and the kernel updates its cache on the changes it sends us.
+const TTL: Duration = Duration::from_secs(1);
+const ROOT: u64 = 1;
+
+/// What [`Control::power_loss`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PowerLossReport {
+    /// Files that had unsynced writes or length changes.
+    pub dirty_files: u64,
+    /// Bytes in unsynced write ranges (before merging overlaps).
+    pub dirty_bytes: u64,
+    /// Unsynced directory entries (names created, replaced or removed since the last
+    /// directory fsync).
+    pub unsynced_dir_entries: u64,
+    /// Files whose last sync happened while they had no durable name and that never got one.
+    pub unnamed_synced_files: u64,
+}
+
+/// Counters of the operations the mount served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Write requests.
+    pub writes: u64,
+    /// File fsync/fdatasync requests (including failed ones).
+    pub file_syncs: u64,
+    /// Directory fsync requests (including failed ones).
+    pub dir_syncs: u64,
+    /// Fsyncs failed on purpose with `EIO`.
+    pub injected_failures: u64,
+}
+
+#[derive(Debug)]
+struct FileNode {
+    /// The current image: what reads see.
+    data: Vec<u8>,
+    /// Byte ranges written since the last sync, `(start, end)`, unmerged.
+    dirty: Vec<(u64, u64)>,
+    /// Whether the length changed since the last sync.
+    len_dirty: bool,
+    /// Durable names: (directory inode, name); the backing file at each holds the durable
+    /// content.
+    durable_links: BTreeSet<(u64, OsString)>,
+    /// The synced content of a file without a durable name.
+    staged: Option<Vec<u8>>,
+    /// Current names.
+    links: u32,
+    mode: u32,
+    mtime: SystemTime,
+}
+
+#[derive(Debug)]
+struct DirNode {
+    /// Absolute path of the backing directory.
+    backing: PathBuf,
+    parent: u64,
+    /// Current file and directory entries.
+    entries: BTreeMap<OsString, u64>,
+    /// Durable file entries (directories are durable at once and not listed here).
+    durable: BTreeMap<OsString, u64>,
+    mode: u32,
+}
+
+#[derive(Debug)]
+enum Node {
+    File(FileNode),
+    Dir(DirNode),
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: HashMap<u64, Node>,
+    next_ino: u64,
+    /// After a power loss every operation fails.
+    dead: bool,
+    /// Fsyncs still to pass before the one that fails.
+    fail_fsync_in: Option<u64>,
+    /// The path (relative to the mount) of the file or directory whose fsync failed on
+    /// purpose last.
+    injected_at: Option<PathBuf>,
+    stats: Stats,
+}
+
+/// The FUSE file system; see the crate documentation. Mount it with [`Mounted::mount`] (or
+/// pass it to `fuser` yourself) and drive it with its [`Control`].
+#[derive(Debug)]
+pub struct FaultFs {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A handle that controls a [`FaultFs`] from outside the FUSE session (clones share it).
+#[derive(Debug, Clone)]
+pub struct Control {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn errno(e: &io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl FaultFs {
+    /// Loads the tree under `backing` (directories and regular files; other entries are not
+    /// shown) into memory and returns the file system and its control handle.
+    pub fn new(backing: &Path) -> io::Result<(FaultFs, Control)> {
+        let backing = backing.canonicalize()?;
+        let mut inner = Inner {
+            nodes: HashMap::new(),
+            next_ino: ROOT + 1,
+            dead: false,
+            fail_fsync_in: None,
+            injected_at: None,
+            stats: Stats::default(),
+        };
+        let mode = std::fs::metadata(&backing)?.mode() & 0o7777;
+        inner.nodes.insert(
+            ROOT,
+            Node::Dir(DirNode {
+                backing: backing.clone(),
+                parent: ROOT,
+                entries: BTreeMap::new(),
+                durable: BTreeMap::new(),
+                mode,
+            }),
+        );
+        inner.load_dir(ROOT, &backing)?;
+        let inner = Arc::new(Mutex::new(inner));
+        Ok((FaultFs { inner: inner.clone() }, Control { inner }))
+    }
+}
+
+impl Inner {
+    fn load_dir(&mut self, dir: u64, path: &Path) -> io::Result<()> {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let name = entry.file_name();
+            let ino = self.next_ino;
+            if meta.is_dir() {
+                self.next_ino += 1;
+                self.nodes.insert(
+                    ino,
+                    Node::Dir(DirNode {
+                        backing: entry.path(),
+                        parent: dir,
+                        entries: BTreeMap::new(),
+                        durable: BTreeMap::new(),
+                        mode: meta.mode() & 0o7777,
+                    }),
+                );
+                self.dir_mut(dir).map_err(errno_to_io)?.entries.insert(name, ino);
+                self.load_dir(ino, &entry.path())?;
+            } else if meta.is_file() {
+                self.next_ino += 1;
+                let data = std::fs::read(entry.path())?;
+                let mut durable_links = BTreeSet::new();
+                durable_links.insert((dir, name.clone()));
+                self.nodes.insert(
+                    ino,
+                    Node::File(FileNode {
+                        data,
+                        dirty: Vec::new(),
+                        len_dirty: false,
+                        durable_links,
+                        staged: None,
+                        links: 1,
+                        mode: meta.mode() & 0o7777,
+                        mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    }),
+                );
+                let d = self.dir_mut(dir).map_err(errno_to_io)?;
+                d.entries.insert(name.clone(), ino);
+                d.durable.insert(name, ino);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_alive(&self) -> Result<(), Errno> {
+        if self.dead { Err(Errno::EIO) } else { Ok(()) }
+    }
+
+    fn dir(&self, ino: u64) -> Result<&DirNode, Errno> {
+        match self.nodes.get(&ino) {
+            Some(Node::Dir(d)) => Ok(d),
+            Some(Node::File(_)) => Err(Errno::ENOTDIR),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn dir_mut(&mut self, ino: u64) -> Result<&mut DirNode, Errno> {
+        match self.nodes.get_mut(&ino) {
+            Some(Node::Dir(d)) => Ok(d),
+            Some(Node::File(_)) => Err(Errno::ENOTDIR),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn file_mut(&mut self, ino: u64) -> Result<&mut FileNode, Errno> {
+        match self.nodes.get_mut(&ino) {
+            Some(Node::File(f)) => Ok(f),
+            Some(Node::Dir(_)) => Err(Errno::EISDIR),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let (kind, size, perm, nlink, mtime) = match self.nodes.get(&ino) {
+            Some(Node::File(f)) => {
+                (FileType::RegularFile, f.data.len() as u64, f.mode, f.links, f.mtime)
+            }
+            Some(Node::Dir(d)) => (FileType::Directory, 0, d.mode, 2, SystemTime::UNIX_EPOCH),
+            None => return Err(Errno::ENOENT),
+        };
+        Ok(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm: (perm & 0o7777) as u16,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    /// A current path of `ino` relative to the mount (the first found), for diagnostics.
+    fn path_of(&self, ino: u64) -> PathBuf {
+        let mut parts = Vec::new();
+        let mut at = ino;
+        while at != ROOT {
+            let found = self.nodes.iter().find_map(|(dino, n)| match n {
+                Node::Dir(d) => {
+                    d.entries.iter().find(|(_, i)| **i == at).map(|(name, _)| (*dino, name.clone()))
+                }
+                Node::File(_) => None,
+            });
+            let Some((parent, name)) = found else {
+                parts.push(OsString::from(format!("<unlinked inode {at}>")));
+                break;
+            };
+            parts.push(name);
+            at = parent;
+        }
+        parts.iter().rev().collect()
+    }
+
+    /// Whether the fsync of `ino` about to happen fails on purpose; counts down.
+    fn fsync_fault_fires(&mut self, ino: u64) -> bool {
+        match self.fail_fsync_in {
+            Some(0) => {
+                self.fail_fsync_in = None;
+                self.stats.injected_failures += 1;
+                self.injected_at = Some(self.path_of(ino));
+                true
+            }
+            Some(n) => {
+                self.fail_fsync_in = Some(n - 1);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn backing_path(&self, dir: u64, name: &OsStr) -> Result<PathBuf, Errno> {
+        Ok(self.dir(dir)?.backing.join(name))
+    }
+
+    /// The content a file would have after power loss right now.
+    fn durable_content(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let Some(Node::File(f)) = self.nodes.get(&ino) else {
+            return Ok(Vec::new());
+        };
+        if let Some((dir, name)) = f.durable_links.iter().next() {
+            let path = self.backing_path(*dir, name).map_err(errno_to_io)?;
+            return std::fs::read(path);
+        }
+        Ok(f.staged.clone().unwrap_or_default())
+    }
+
+    fn sync_file(&mut self, ino: u64) -> Result<(), Errno> {
+        self.stats.file_syncs += 1;
+        let fail = self.fsync_fault_fires(ino);
+        let f = self.file_mut(ino)?;
+        let dirty = std::mem::take(&mut f.dirty);
+        let len_dirty = std::mem::replace(&mut f.len_dirty, false);
+        if fail {
+            // Linux after a writeback error: the pages are clean now, their data never
+            // reached the disk.
+            return Err(Errno::EIO);
+        }
+        if f.durable_links.is_empty() {
+            f.staged = Some(f.data.clone());
+            return Ok(());
+        }
+        if dirty.is_empty() && !len_dirty {
+            return Ok(());
+        }
+        let links: Vec<(u64, OsString)> = f.durable_links.iter().cloned().collect();
+        for (dir, name) in links {
+            let path = self.backing_path(dir, &name)?;
+            let Some(Node::File(f)) = self.nodes.get(&ino) else {
+                return Err(Errno::ENOENT);
+            };
+            let file = OpenOptions::new().write(true).open(&path).map_err(|e| errno(&e))?;
+            let len = f.data.len() as u64;
+            file.set_len(len).map_err(|e| errno(&e))?;
+            for &(start, end) in &dirty {
+                let end = end.min(len);
+                if start < end {
+                    let bytes = &f.data[start as usize..end as usize];
+                    file.write_all_at(bytes, start).map_err(|e| errno(&e))?;
+                }
+            }
+            file.sync_data().map_err(|e| errno(&e))?;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&mut self, dir: u64) -> Result<(), Errno> {
+        self.stats.dir_syncs += 1;
+        let fail = self.fsync_fault_fires(dir);
+        let d = self.dir(dir)?;
+        if fail {
+            return Err(Errno::EIO);
+        }
+        let current: BTreeMap<OsString, u64> = d
+            .entries
+            .iter()
+            .filter(|(_, ino)| matches!(self.nodes.get(ino), Some(Node::File(_))))
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        let removed: Vec<(OsString, u64)> = d
+            .durable
+            .iter()
+            .filter(|(name, ino)| current.get(*name) != Some(ino))
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        let added: Vec<(OsString, u64)> = current
+            .iter()
+            .filter(|(name, ino)| d.durable.get(*name) != Some(ino))
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        if removed.is_empty() && added.is_empty() {
+            return Ok(());
+        }
+        let backing = d.backing.clone();
+        // Every involved file's durable content, read before any backing file changes.
+        let mut content: HashMap<u64, Vec<u8>> = HashMap::new();
+        for (_, ino) in removed.iter().chain(&added) {
+            if !content.contains_key(ino) {
+                content.insert(*ino, self.durable_content(*ino).map_err(|e| errno(&e))?);
+            }
+        }
+        for (name, ino) in &removed {
+            match std::fs::remove_file(backing.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(errno(&e)),
+            }
+            if let Some(Node::File(f)) = self.nodes.get_mut(ino) {
+                f.durable_links.remove(&(dir, name.clone()));
+                if f.durable_links.is_empty() && f.links > 0 {
+                    f.staged = content.get(ino).cloned();
+                }
+            }
+        }
+        for (name, ino) in &added {
+            let Some(Node::File(f)) = self.nodes.get_mut(ino) else { continue };
+            let bytes = content.get(ino).map(Vec::as_slice).unwrap_or_default();
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(f.mode)
+                .open(backing.join(name))
+                .map_err(|e| errno(&e))?;
+            file.write_all_at(bytes, 0).map_err(|e| errno(&e))?;
+            file.sync_data().map_err(|e| errno(&e))?;
+            f.durable_links.insert((dir, name.clone()));
+            f.staged = None;
+        }
+        File::open(&backing).and_then(|f| f.sync_all()).map_err(|e| errno(&e))?;
+        self.dir_mut(dir)?.durable = current;
+        Ok(())
+    }
+
+    fn power_loss(&mut self) -> PowerLossReport {
+        let mut report = PowerLossReport::default();
+        for node in self.nodes.values() {
+            match node {
+                Node::File(f) => {
+                    if !f.dirty.is_empty() || f.len_dirty {
+                        report.dirty_files += 1;
+                    }
+                    report.dirty_bytes += f.dirty.iter().map(|(s, e)| e - s).sum::<u64>();
+                    if f.durable_links.is_empty() && f.staged.is_some() {
+                        report.unnamed_synced_files += 1;
+                    }
+                }
+                Node::Dir(d) => {
+                    let files: BTreeMap<&OsString, &u64> = d
+                        .entries
+                        .iter()
+                        .filter(|(_, i)| matches!(self.nodes.get(i), Some(Node::File(_))))
+                        .collect();
+                    let changed = files.iter().filter(|(n, i)| d.durable.get(**n) != Some(i));
+                    let gone = d.durable.keys().filter(|n| !files.contains_key(n));
+                    report.unsynced_dir_entries += (changed.count() + gone.count()) as u64;
+                }
+            }
+        }
+        self.dead = true;
+        self.nodes.clear();
+        report
+    }
+
+    fn insert_file(&mut self, parent: u64, name: &OsStr, mode: u32) -> Result<u64, Errno> {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(
+            ino,
+            Node::File(FileNode {
+                data: Vec::new(),
+                dirty: Vec::new(),
+                len_dirty: false,
+                durable_links: BTreeSet::new(),
+                staged: None,
+                links: 1,
+                mode: mode & 0o7777,
+                mtime: SystemTime::now(),
+            }),
+        );
+        self.dir_mut(parent)?.entries.insert(name.to_owned(), ino);
+        Ok(ino)
+    }
+
+    /// Removes the current entry `name` of `parent` (a file); returns its inode.
+    fn unlink_entry(&mut self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        let ino = *self.dir(parent)?.entries.get(name).ok_or(Errno::ENOENT)?;
+        if matches!(self.nodes.get(&ino), Some(Node::Dir(_))) {
+            return Err(Errno::EISDIR);
+        }
+        self.dir_mut(parent)?.entries.remove(name);
+        if let Some(Node::File(f)) = self.nodes.get_mut(&ino) {
+            f.links = f.links.saturating_sub(1);
+        }
+        Ok(ino)
+    }
+
+    fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        self.stats.writes += 1;
+        let f = self.file_mut(ino)?;
+        let start = usize::try_from(offset).map_err(|_| Errno::EFBIG)?;
+        let end = start.checked_add(data.len()).ok_or(Errno::EFBIG)?;
+        if f.data.len() < end {
+            f.data.resize(end, 0);
+            f.len_dirty = true;
+        }
+        f.data[start..end].copy_from_slice(data);
+        let (s, e) = (offset, end as u64);
+        match f.dirty.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => f.dirty.push((s, e)),
+        }
+        f.mtime = SystemTime::now();
+        u32::try_from(data.len()).map_err(|_| Errno::EFBIG)
+    }
+
+    fn set_len(&mut self, ino: u64, len: u64) -> Result<(), Errno> {
+        let f = self.file_mut(ino)?;
+        let new = usize::try_from(len).map_err(|_| Errno::EFBIG)?;
+        let old = f.data.len();
+        if new != old {
+            // Bytes between the two lengths are zeros if the file grows back; the backing
+            // file still has the old ones there.
+            f.dirty.push((new.min(old) as u64, new.max(old) as u64));
+            f.len_dirty = true;
+            f.data.resize(new, 0);
+            f.mtime = SystemTime::now();
+        }
+        Ok(())
+    }
+}
+
+fn errno_to_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.code())
+}
+
+impl Control {
+    /// Simulates power loss (LazyFS's `clear-cache`): drops every unsynced write, length
+    /// change and directory change, and fails every later operation on the mount with `EIO`.
+    /// The backing directory then holds exactly what survived.
+    pub fn power_loss(&self) -> PowerLossReport {
+        lock(&self.inner).power_loss()
+    }
+
+    /// Makes the fsync `n` fsyncs from now (0 = the next one; file and directory fsyncs
+    /// count alike) fail with `EIO`, once. Replaces an earlier pending injection.
+    pub fn fail_fsync_at(&self, n: u64) {
+        lock(&self.inner).fail_fsync_in = Some(n);
+    }
+
+    /// Whether the injection set by [`Control::fail_fsync_at`] has fired (or none is set).
+    pub fn fsync_fault_pending(&self) -> bool {
+        lock(&self.inner).fail_fsync_in.is_some()
+    }
+
+    /// The path (relative to the mount) of the file or directory whose fsync was last failed
+    /// on purpose.
+    pub fn injected_at(&self) -> Option<PathBuf> {
+        lock(&self.inner).injected_at.clone()
+    }
+
+    /// Operation counters so far.
+    pub fn stats(&self) -> Stats {
+        lock(&self.inner).stats
+    }
+}
+
+/// Whether this process can mount a FUSE file system, or why not.
+pub fn can_mount() -> Result<(), String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse does not exist".into());
+    }
+    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        return Err(format!("cannot open /dev/fuse: {e}"));
+    }
+    // mount(2) needs CAP_SYS_ADMIN; there is no fusermount fallback on purpose (it is not
+    // installed on a fresh machine).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    if cap_eff & CAP_SYS_ADMIN == 0 {
+        return Err("no CAP_SYS_ADMIN (not root), so mount(2) is not allowed".into());
+    }
+    Ok(())
+}
+
+/// A [`FaultFs`] mounted in a background thread of this process. Dropping it unmounts.
+#[derive(Debug)]
+pub struct Mounted {
+    session: Option<BackgroundSession>,
+    control: Control,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts a [`FaultFs`] over `backing` at `mountpoint` (an existing directory).
+    pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<Mounted> {
+        let (fs, control) = FaultFs::new(backing)?;
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("annal-faultfs".into()),
+            MountOption::Subtype("faultfs".into()),
+            MountOption::RW,
+            MountOption::DefaultPermissions,
+        ];
+        let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+        Ok(Mounted { session: Some(session), control, mountpoint: mountpoint.to_path_buf() })
+    }
+
+    /// The control handle.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Unmounts and waits for the session thread to finish. A busy mount (a file on it
+    /// still open or mapped, perhaps only by a process between `fork` and `exec`) is retried
+    /// for up to 2 s, then detached lazily and the error returned.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.unmount_now()
+    }
+
+    fn unmount_now(&mut self) -> io::Result<()> {
+        use rustix::mount::{UnmountFlags, unmount};
+        let Some(session) = self.session.take() else { return Ok(()) };
+        let mut tries = 0;
+        loop {
+            match unmount(&self.mountpoint, UnmountFlags::empty()) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::BUSY) if tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    // Never leave a mount behind: it would outlive the test that made it.
+                    let _ = unmount(&self.mountpoint, UnmountFlags::DETACH);
+                    return Err(e.into());
+                }
+            }
+        }
+        // The kernel ends the session now; `fuser`'s own unmount (when the session is
+        // dropped) finds nothing left to do and ignores the error it gets. Reading the
+        // device of an unmounted file system fails with ENODEV (which `fuser` takes as the
+        // end) or, when the kernel aborted the connection, ECONNABORTED: the end too.
+        match session.join() {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::CONNABORTED.raw_os_error()) => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.unmount_now();
+    }
+}
+
+macro_rules! tri {
+    ($reply:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+impl Filesystem for FaultFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let ino = tri!(
+            reply,
+            inner.dir(parent.0).and_then(|d| d.entries.get(name).copied().ok_or(Errno::ENOENT))
+        );
+        let attr = tri!(reply, inner.attr(ino));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let attr = tri!(reply, inner.attr(ino.0));
+        reply.attr(&TTL, &attr);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        if let Some(size) = size {
+            tri!(reply, inner.set_len(ino.0, size));
+        }
+        if let Some(mode) = mode {
+            // Permissions are metadata the engine never syncs on their own; they apply to
+            // the current image and to backing files created from now on.
+            match inner.nodes.get_mut(&ino.0) {
+                Some(Node::File(f)) => f.mode = mode & 0o7777,
+                Some(Node::Dir(d)) => d.mode = mode & 0o7777,
+                None => return reply.error(Errno::ENOENT),
+            }
+        }
+        let attr = tri!(reply, inner.attr(ino.0));
+        reply.attr(&TTL, &attr);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let d = tri!(reply, inner.dir(parent.0));
+        if d.entries.contains_key(name) {
+            return reply.error(Errno::EEXIST);
+        }
+        let path = d.backing.join(name);
+        let parent_backing = d.backing.clone();
+        let mode = mode & !umask & 0o7777;
+        // Directories are durable at once.
+        let made = std::fs::DirBuilder::new()
+            .mode(mode)
+            .create(&path)
+            .and_then(|()| File::open(&parent_backing)?.sync_all());
+        tri!(reply, made.map_err(|e| errno(&e)));
+        let ino = inner.next_ino;
+        inner.next_ino += 1;
+        inner.nodes.insert(
+            ino,
+            Node::Dir(DirNode {
+                backing: path,
+                parent: parent.0,
+                entries: BTreeMap::new(),
+                durable: BTreeMap::new(),
+                mode,
+            }),
+        );
+        tri!(reply, inner.dir_mut(parent.0)).entries.insert(name.to_owned(), ino);
+        let attr = tri!(reply, inner.attr(ino));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        tri!(reply, inner.unlink_entry(parent.0, name));
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let ino = tri!(
+            reply,
+            inner.dir(parent.0).and_then(|d| d.entries.get(name).copied().ok_or(Errno::ENOENT))
+        );
+        let d = tri!(reply, inner.dir(ino));
+        if !d.entries.is_empty() || !d.durable.is_empty() {
+            return reply.error(Errno::ENOTEMPTY);
+        }
+        let path = d.backing.clone();
+        let parent_backing = tri!(reply, inner.dir(parent.0)).backing.clone();
+        let removed =
+            std::fs::remove_dir(&path).and_then(|()| File::open(&parent_backing)?.sync_all());
+        tri!(reply, removed.map_err(|e| errno(&e)));
+        tri!(reply, inner.dir_mut(parent.0)).entries.remove(name);
+        inner.nodes.remove(&ino);
+        reply.ok();
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let ino = tri!(
+            reply,
+            inner.dir(parent.0).and_then(|d| d.entries.get(name).copied().ok_or(Errno::ENOENT))
+        );
+        if matches!(inner.nodes.get(&ino), Some(Node::Dir(_))) {
+            return reply.error(Errno::EPERM);
+        }
+        let target = tri!(reply, inner.dir(newparent.0)).entries.get(newname).copied();
+        match target {
+            Some(t) if t == ino => return reply.ok(),
+            Some(_) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
+                return reply.error(Errno::EEXIST);
+            }
+            Some(t) if matches!(inner.nodes.get(&t), Some(Node::Dir(_))) => {
+                return reply.error(Errno::EISDIR);
+            }
+            Some(_) => {
+                tri!(reply, inner.unlink_entry(newparent.0, newname));
+            }
+            None => {}
+        }
+        tri!(reply, inner.dir_mut(parent.0)).entries.remove(name);
+        tri!(reply, inner.dir_mut(newparent.0)).entries.insert(newname.to_owned(), ino);
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        tri!(reply, inner.attr(ino.0));
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let f = tri!(reply, inner.file_mut(ino.0));
+        let len = f.data.len() as u64;
+        let start = offset.min(len) as usize;
+        let end = offset.saturating_add(u64::from(size)).min(len) as usize;
+        reply.data(&f.data[start..end]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let n = tri!(reply, inner.write(ino.0, offset, data));
+        reply.written(n);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) does not sync.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        tri!(reply, inner.sync_file(ino.0));
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        tri!(reply, inner.dir(ino.0));
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let d = tri!(reply, inner.dir(ino.0));
+        let mut all: Vec<(u64, FileType, OsString)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (d.parent, FileType::Directory, "..".into()),
+        ];
+        for (name, child) in &d.entries {
+            let kind = match inner.nodes.get(child) {
+                Some(Node::Dir(_)) => FileType::Directory,
+                _ => FileType::RegularFile,
+            };
+            all.push((*child, kind, name.clone()));
+        }
+        for (i, (child, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        tri!(reply, inner.sync_dir(ino.0));
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mut inner = lock(&self.inner);
+        tri!(reply, inner.check_alive());
+        let existing = tri!(reply, inner.dir(parent.0)).entries.get(name).copied();
+        let ino = match existing {
+            Some(_) if flags & libc::O_EXCL != 0 => return reply.error(Errno::EEXIST),
+            Some(ino) => ino,
+            None => tri!(reply, inner.insert_file(parent.0, name, mode & !umask)),
+        };
+        if flags & libc::O_TRUNC != 0 {
+            tri!(reply, inner.set_len(ino, 0));
+        }
+        let attr = tri!(reply, inner.attr(ino));
+        reply.created(&TTL, &attr, Generation(0), FileHandle(0), FopenFlags::empty());
+    }
+}
