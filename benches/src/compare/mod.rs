@@ -619,8 +619,8 @@ fn w5_read(env: &Env, stores: &BTreeMap<Kind, PathBuf>, doc: &mut Doc) -> R<()> 
     t.note(
         "Each child checks every read's payload in an untimed pass (which also warms the \
          store), then times each read of a second pass. plain builds its dense offset index \
-         before the first pass. annal-store has no read by seq: it takes the first event of \
-         read_all(seq)."
+         before the first pass. annal-store reads through Store::event(seq): the log's point \
+         read, the event decoded and its version found in the stream index."
             .into(),
     );
     for k in [Kind::AnnalLog, Kind::AnnalStore] {

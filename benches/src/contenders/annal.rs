@@ -7,8 +7,8 @@
 //!   `t` appends to stream `w-<t>` with `ExpectedVersion::NoStream`, then `Exact`.
 //! - Replay: the log's cursor from 0 (every record's CRC checked); the store's `read_all`
 //!   (the same, plus decoding each event).
-//! - Point reads: `Log::read(seq)`; the store has no read by seq, so `read_all(seq)` and
-//!   its first event.
+//! - Point reads: `Log::read(seq)`; the store's `event(seq)` (the same point read, plus
+//!   decoding the event and finding its version in the stream index).
 //! - Open: `Log::open` / `Store::open` with default options.
 //! - Streams (store only): one `append` per event with `Exact` while building;
 //!   `read_stream(stream, 0, Forward, all)` to load one.
@@ -137,7 +137,7 @@ impl Contender for AnnalStore {
     fn describe(&self) -> String {
         "annal::Store over the same log; appends with ExpectedVersion::Exact (each event gets \
          a type, a UUID v7 id and a timestamp: about 60 bytes more per record); point reads \
-         via read_all(seq)"
+         via Store::event(seq)"
             .into()
     }
 
@@ -245,7 +245,7 @@ impl Opened for Store {
     }
 
     fn read(&mut self, seq: u64, f: &mut dyn FnMut(&[u8])) -> R<()> {
-        let e = self.read_all(seq).next().ok_or_else(|| format!("annal has no event {seq}"))??;
+        let e = self.event(seq)?.ok_or_else(|| format!("annal has no event {seq}"))?;
         f(&e.data);
         Ok(())
     }
