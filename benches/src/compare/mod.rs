@@ -26,7 +26,7 @@ use crate::report::{self, R, Table, per_rep, progress, settle};
 use crate::stats::{fmt_ms, fmt_rate, fmt_ratio, fmt_us, median};
 
 /// The workloads, in the order they run; `--only` selects among these.
-pub const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
+pub const WORKLOADS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
 
 /// How much of everything a run does.
 #[derive(Debug, Clone)]
@@ -53,6 +53,8 @@ pub struct Config {
     pub clean_opens: u64,
     /// The larger store of the clean-open growth check holds this many times `events`.
     pub growth_factor: u64,
+    /// Timed appends per W8 measurement.
+    pub follow_appends: u64,
     /// The contenders that run.
     pub kinds: Vec<Kind>,
     /// The workloads that run.
@@ -75,6 +77,7 @@ impl Config {
             stream_loads: 2_000,
             clean_opens: 7,
             growth_factor: 4,
+            follow_appends: 1_000,
             kinds: Kind::ALL.to_vec(),
             only: WORKLOADS.iter().map(|s| s.to_string()).collect(),
         };
@@ -88,6 +91,7 @@ impl Config {
                 stream_events: 100_000,
                 stream_loads: 300,
                 clean_opens: 3,
+                follow_appends: 200,
                 ..full
             },
             "tiny" => Config {
@@ -102,6 +106,7 @@ impl Config {
                 stream_loads: 50,
                 clean_opens: 2,
                 growth_factor: 2,
+                follow_appends: 30,
                 ..full
             },
             other => return Err(format!("unknown mode {other:?}").into()),
@@ -118,7 +123,7 @@ impl Config {
 }
 
 const USAGE: &str = "usage: compare [--quick | --tiny] [--dir PATH] [--allow-ram] \
-                     [--only W1,...,W7] [--contenders LIST] [--reps N] [--events N]\n  \
+                     [--only W1,...,W8] [--contenders LIST] [--reps N] [--events N]\n  \
                      LIST: comma-separated of plain,plain-prealloc,sqlite,okaywal,redb,\
                      annal-log,annal-store";
 
@@ -219,6 +224,9 @@ fn run(args: &[String]) -> R<()> {
     }
     if env.cfg.runs("W7") {
         w7_open(&env, &bulk_dirs, &mut doc)?;
+    }
+    if env.cfg.runs("W8") {
+        w8_follow(&env, &mut doc)?;
     }
     progress("done");
     doc.footer = report::run_footer(started.elapsed().as_secs_f64());
@@ -843,6 +851,64 @@ fn w7_open(env: &Env, stores: &BTreeMap<Kind, PathBuf>, doc: &mut Doc) -> R<()> 
 }
 
 // ---------------------------------------------------------------------------------------
+// W8: append to a follower
+// ---------------------------------------------------------------------------------------
+
+fn w8_follow(env: &Env, doc: &mut Doc) -> R<()> {
+    let kinds = env.cfg.kinds_for(Workload::Follow);
+    let count = env.cfg.follow_appends;
+    let reps = env.rounds("W8 append to follower", &kinds, |k, _| {
+        let dir = env.fresh(&format!("W8-{}", k.name()));
+        let s = env.child("follow", k, &dir, &[("count", count.to_string())])?;
+        remove(&dir)?;
+        Ok(s)
+    })?;
+    // The follower's own share, as a speed ratio to SQLite's polling reader.
+    let lag_vs_sqlite = |k: Kind| -> Vec<f64> {
+        reps.iter()
+            .filter_map(|r| Some(get(r, Kind::Sqlite, "lag_p50_us")? / get(r, k, "lag_p50_us")?))
+            .collect()
+    };
+    let mut t = contender_table(
+        &format!(
+            "W8 append-to-projection latency: one writer, {count} durable appends of \
+             {EVENT_BYTES} B, each waited on until a follower in the same process has seen it"
+        ),
+        &reps,
+        &kinds,
+        vec![
+            rate_col("appends seen/s"),
+            us_col("visible p50 µs", "p50_us"),
+            us_col("visible p99 µs", "p99_us"),
+            us_col("durable p50 µs", "ack_p50_us"),
+            us_col("lag p50 µs", "lag_p50_us"),
+            us_col("lag p99 µs", "lag_p99_us"),
+            ("lag x sqlite", Box::new(move |_, k| fmt_ratio(median(&lag_vs_sqlite(k))))),
+        ],
+    );
+    t.note(format!(
+        "visible: from the append call to the follower having seen the event; durable: from \
+         the call to its durable return; lag: visible minus durable, per append (the \
+         follower's own share). annal-store: Durability::Sync, one EventCounts projection on \
+         a ProjectionRunner, waited on with wait_for(seq). sqlite: synchronous=FULL, and a \
+         reader thread on its own connection polling for rows after the last it saw, \
+         sleeping {} µs when a poll finds none, waking the waiter through a condition \
+         variable. lag x sqlite: SQLite's lag p50 over the contender's, per repetition \
+         (above 1: the follower is faster). 20 untimed appends start each follower up.",
+        crate::contenders::SQLITE_POLL.as_micros()
+    ));
+    if kinds.contains(&Kind::AnnalStore) && kinds.contains(&Kind::Sqlite) {
+        t.note(per_rep(
+            "annal-store / sqlite, appends seen/s",
+            &vs_kind(&reps, Kind::AnnalStore, Kind::Sqlite),
+        ));
+        t.note(per_rep("sqlite lag / annal-store lag", &lag_vs_sqlite(Kind::AnnalStore)));
+    }
+    doc.table(t);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
 // The report
 // ---------------------------------------------------------------------------------------
 
@@ -919,11 +985,6 @@ impl Doc {
         for t in &self.tables {
             t.render(&mut out);
         }
-        out.push_str(
-            "### W8 append-to-projection latency: TODO\n\nNot measured: it needs the \
-             projections layer, which is not in annal yet. No figure is given rather than a \
-             made-up one.\n\n",
-        );
         out.push_str(&self.footer);
         out
     }
