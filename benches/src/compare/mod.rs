@@ -122,10 +122,29 @@ impl Config {
     }
 }
 
-const USAGE: &str = "usage: compare [--quick | --tiny] [--dir PATH] [--allow-ram] \
-                     [--only W1,...,W8] [--contenders LIST] [--reps N] [--events N]\n  \
-                     LIST: comma-separated of plain,plain-prealloc,sqlite,okaywal,redb,\
-                     annal-log,annal-store";
+/// The command line of `compare`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "compare",
+    about = "annal side by side with plain files, SQLite, okaywal and redb"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: crate::cli::Common,
+    /// A run of seconds (what the test runs; figures meaningless).
+    #[arg(long, conflicts_with = "quick")]
+    tiny: bool,
+    /// Workloads to run, comma-separated, of W1 to W8.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    only: Option<Vec<String>>,
+    /// Contenders to run, comma-separated, of plain, plain-prealloc, sqlite, okaywal, redb,
+    /// annal-log, annal-store.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    contenders: Option<Vec<String>>,
+    /// Events of the bulk store, which W4, W5 and W7 read.
+    #[arg(long, value_name = "N")]
+    events: Option<u64>,
+}
 
 /// The binary's `main`: a child run (`--child ...`) or a whole comparison. Returns the
 /// process exit code.
@@ -149,51 +168,37 @@ pub fn main_with(args: &[String]) -> i32 {
 }
 
 fn run(args: &[String]) -> R<()> {
-    let mut mode = "full";
-    let mut dir = None;
-    let mut allow_ram = false;
-    let mut only = None;
-    let mut kinds = None;
-    let mut reps = None;
-    let mut events = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => mode = "quick",
-            "--tiny" => mode = "tiny",
-            "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a path")?)),
-            "--allow-ram" => allow_ram = true,
-            "--only" => only = Some(it.next().ok_or("--only needs a list")?.clone()),
-            "--contenders" => kinds = Some(it.next().ok_or("--contenders needs a list")?.clone()),
-            "--reps" => reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
-            "--events" => events = Some(it.next().ok_or("--events needs a number")?.parse()?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
-        }
-    }
+    let cli: Cli = match crate::cli::parse("compare", args) {
+        Ok(c) => c,
+        Err(0) => return Ok(()),
+        Err(_) => return Err("bad arguments (see --help)".into()),
+    };
+    let mode = match (cli.common.quick, cli.tiny) {
+        (true, _) => "quick",
+        (_, true) => "tiny",
+        _ => "full",
+    };
     let mut cfg = Config::new(mode)?;
-    if let Some(list) = only {
-        cfg.only = list.split(',').map(|s| s.trim().to_uppercase()).collect();
+    if let Some(list) = cli.only {
+        cfg.only = list.iter().map(|s| s.trim().to_uppercase()).collect();
         if let Some(bad) = cfg.only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
-            return Err(format!("unknown workload {bad:?}\n{USAGE}").into());
+            return Err(format!("unknown workload {bad:?} (see --help)").into());
         }
     }
-    if let Some(list) = kinds {
+    if let Some(list) = cli.contenders {
         cfg.kinds = list
-            .split(',')
+            .iter()
             .map(|s| Kind::parse(s.trim()).ok_or_else(|| format!("unknown contender {s:?}")))
             .collect::<Result<_, _>>()?;
         cfg.kinds.sort();
     }
-    if let Some(n) = reps {
+    if let Some(n) = cli.common.reps {
         cfg.reps = n;
     }
-    if let Some(n) = events {
+    if let Some(n) = cli.events {
         cfg.events = n;
     }
+    let (dir, allow_ram) = (cli.common.dir, cli.common.allow_ram);
     let (run_dir, fs_info) = machine::run_dir(dir, "compare", allow_ram)?;
     progress(format!("stores in {} ({})", run_dir.path().display(), fs_info.fs_type));
     let env = Env {
