@@ -679,6 +679,7 @@ fn check_and_index(
     first_seq: u64,
 ) -> Result<(AppendResult, bool)> {
     let count = ids.len() as u32;
+    ix.materialize_recent();
     let len = ix.len_of(stream);
     let wrong = || Error::WrongExpectedVersion {
         stream: stream.to_string(),
