@@ -19,6 +19,7 @@
 //!   second reference for durable appends.
 //! - [`contenders`]: one adapter per system `compare` measures, behind one trait.
 //! - [`compare`]: the driver of `compare`, parent and child sides.
+//! - [`cli`]: the command-line options the drivers share (clap).
 //! - [`dirs`]: store directories seen from outside: size on disk, dropping them from the
 //!   page cache, sparse copies of crashed stores, and the peak RSS of a process.
 //! - [`machine`]: what machine and file system the figures come from, and the refusal to
@@ -29,6 +30,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod compare;
 pub mod contenders;
 pub mod dirs;

@@ -25,7 +25,7 @@ fn a_tiny_comparison_runs_every_workload_for_every_contender() {
         "### W5 random point reads",
         "### W6 stream read",
         "### W7 open",
-        "### W8 append-to-projection latency: TODO",
+        "### W8 append-to-projection latency: one writer",
     ] {
         assert!(report.contains(section), "no {section:?} in:\n{report}");
     }

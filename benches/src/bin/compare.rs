@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p annal-benches --bin compare -- [--quick | --tiny] [--dir PATH]
-//!     [--allow-ram] [--only W1,...,W7] [--contenders LIST] [--reps N] [--events N]
+//!     [--allow-ram] [--only W1,...,W8] [--contenders LIST] [--reps N] [--events N]
 //! ```
 //!
 //! The driver is `annal_benches::compare`, the adapters `annal_benches::contenders`; see

@@ -137,42 +137,36 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: log_compare [--quick] [--dir PATH] [--only LIST] [--no-okaywal] \
-                     [--allow-ram] [--events N] [--reps N] [--segment-mib N]\n  \
-                     LIST: comma-separated of bulk,durable,replay,read,open,sweep\n  \
-                     --events: events of the bulk/replay/read/sweep stores (for profiling)\n  \
-                     --reps: repetitions of every workload\n  \
-                     --segment-mib: segment size outside the sweep (default 64, annal's)";
+/// The command line of `log_compare`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "log_compare", about = "annal::Log against a plain file and okaywal")]
+struct Cli {
+    #[command(flatten)]
+    common: annal_benches::cli::Common,
+    /// Workloads to run, comma-separated, of bulk, durable, replay, read, open, sweep.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    only: Option<Vec<String>>,
+    /// Leave okaywal out.
+    #[arg(long)]
+    no_okaywal: bool,
+    /// Events of the bulk/replay/read/sweep stores (for profiling).
+    #[arg(long, value_name = "N")]
+    events: Option<u64>,
+    /// Segment size outside the sweep, MiB (default 64, annal's).
+    #[arg(long, value_name = "N")]
+    segment_mib: Option<u64>,
+}
 
 fn run(args: &[String]) -> R<()> {
-    let mut quick = false;
-    let mut dir = None;
-    let mut only = None;
-    let mut okaywal = true;
-    let mut allow_ram = false;
-    let mut events = None;
-    let mut reps = None;
-    let mut segment_mib: Option<u64> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a path")?)),
-            "--only" => only = Some(it.next().ok_or("--only needs a list")?.clone()),
-            "--no-okaywal" => okaywal = false,
-            "--allow-ram" => allow_ram = true,
-            "--events" => events = Some(it.next().ok_or("--events needs a number")?.parse()?),
-            "--segment-mib" => {
-                segment_mib = Some(it.next().ok_or("--segment-mib needs a number")?.parse()?)
-            }
-            "--reps" => reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
-        }
-    }
+    let cli: Cli = match annal_benches::cli::parse("log_compare", args) {
+        Ok(c) => c,
+        Err(0) => return Ok(()),
+        Err(_) => return Err("bad arguments (see --help)".into()),
+    };
+    let (quick, dir, allow_ram, reps) =
+        (cli.common.quick, cli.common.dir, cli.common.allow_ram, cli.common.reps);
+    let (only, okaywal, events, segment_mib) =
+        (cli.only, !cli.no_okaywal, cli.events, cli.segment_mib);
     let mut cfg = Config::new(quick);
     cfg.okaywal = okaywal;
     if let Some(n) = events {
@@ -187,9 +181,9 @@ fn run(args: &[String]) -> R<()> {
         cfg.sweep_reps = n;
     }
     if let Some(list) = only {
-        cfg.only = list.split(',').map(|s| s.trim().to_string()).collect();
+        cfg.only = list.iter().map(|s| s.trim().to_string()).collect();
         if let Some(bad) = cfg.only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
-            return Err(format!("unknown workload {bad:?}\n{USAGE}").into());
+            return Err(format!("unknown workload {bad:?} (see --help)").into());
         }
     }
     let (run_dir, fs_info) = machine::run_dir(dir, "log_compare", allow_ram)?;

@@ -23,7 +23,7 @@
 //!   cost CPU only: it shows the CPU the projections take from the appenders (no target).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use annal::{
@@ -36,8 +36,17 @@ use annal_benches::stats::{
     fmt_rate, fmt_ratio, fmt_us, latency_histogram, median, quantile_us, record,
 };
 
-const USAGE: &str = "usage: projection_bench [--quick] [--dir PATH] [--allow-ram] [--reps N] \
-                     [--only latency,catch-up,appends,appends-none]";
+/// The command line of `projection_bench`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "projection_bench", about = "annal subscriptions and projections")]
+struct Cli {
+    #[command(flatten)]
+    common: annal_benches::cli::Common,
+    /// Workloads to run, comma-separated, of latency, catch-up, appends, appends-none.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    only: Option<Vec<String>>,
+}
+
 const EVENT_TYPES: [&str; 4] = ["OrderPlaced", "ItemAdded", "ItemRemoved", "OrderShipped"];
 const DATA: &[u8] =
     b"{\"order\":42,\"customer\":\"cust-000042\",\"sku\":\"SKU-00042\",\"qty\":3,\"price\":1999}";
@@ -88,29 +97,13 @@ fn main() {
 }
 
 fn run(args: &[String]) -> R<()> {
-    let mut quick = false;
-    let mut dir = None;
-    let mut allow_ram = false;
-    let mut reps = None;
-    let mut only: Option<Vec<String>> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a path")?)),
-            "--allow-ram" => allow_ram = true,
-            "--reps" => reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
-            "--only" => {
-                let list = it.next().ok_or("--only needs a list")?;
-                only = Some(list.split(',').map(str::to_string).collect());
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
-        }
-    }
+    let cli: Cli = match annal_benches::cli::parse("projection_bench", args) {
+        Ok(c) => c,
+        Err(0) => return Ok(()),
+        Err(_) => return Err("bad arguments (see --help)".into()),
+    };
+    let (quick, dir, allow_ram, reps, only) =
+        (cli.common.quick, cli.common.dir, cli.common.allow_ram, cli.common.reps, cli.only);
     let mut cfg = Config::new(quick);
     if let Some(n) = reps {
         cfg.reps = n;

@@ -108,7 +108,13 @@ impl Config {
     }
 }
 
-const USAGE: &str = "usage: store_compare [--quick] [--dir PATH] [--allow-ram] [--reps N]";
+/// The command line of `store_compare`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "store_compare", about = "annal::Store against SQLite (streams workloads)")]
+struct Cli {
+    #[command(flatten)]
+    common: annal_benches::cli::Common,
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -119,28 +125,16 @@ fn main() {
 }
 
 fn run(args: &[String]) -> R<()> {
-    let mut quick = false;
-    let mut dir = None;
-    let mut allow_ram = false;
-    let mut reps = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a path")?)),
-            "--allow-ram" => allow_ram = true,
-            "--reps" => reps = Some(it.next().ok_or("--reps needs a number")?.parse()?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
-        }
-    }
-    let mut cfg = Config::new(quick);
-    if let Some(n) = reps {
+    let cli: Cli = match annal_benches::cli::parse("store_compare", args) {
+        Ok(c) => c,
+        Err(0) => return Ok(()),
+        Err(_) => return Err("bad arguments (see --help)".into()),
+    };
+    let mut cfg = Config::new(cli.common.quick);
+    if let Some(n) = cli.common.reps {
         cfg.reps = n;
     }
+    let (dir, allow_ram) = (cli.common.dir, cli.common.allow_ram);
     let (run_dir, fs_info) = machine::run_dir(dir, "store_compare", allow_ram)?;
     progress(format!("stores in {} ({})", run_dir.path().display(), fs_info.fs_type));
 

@@ -71,6 +71,7 @@ pub fn run(args: &[String]) -> R<()> {
         "open" => open(c.as_ref(), dir, &a)?,
         "streams-build" => streams_build(c.as_ref(), dir, &a)?,
         "streams-read" => streams_read(c.as_ref(), dir, &a)?,
+        "follow" => follow(c.as_ref(), dir, &a)?,
         other => return Err(format!("unknown workload {other:?}").into()),
     };
     out.push(("rss_kib", dirs::peak_rss_kib().map_or(f64::NAN, |k| k as f64)));
@@ -268,5 +269,44 @@ fn streams_read(c: &dyn Contender, dir: &Path, a: &Args) -> R<Vec<(&'static str,
         ("events_per_load", loaded as f64 / picks.len() as f64),
         ("p50_us", quantile_us(&hist, 0.5)),
         ("p99_us", quantile_us(&hist, 0.99)),
+    ])
+}
+
+/// W8: `count=C`. C appends, one at a time, each timed from the append call to its durable
+/// return (`ack`) and to the follower having seen it (`visible`); the lag is the difference,
+/// per append. 20 untimed appends first start the follower up.
+fn follow(c: &dyn Contender, dir: &Path, a: &Args) -> R<Vec<(&'static str, f64)>> {
+    const WARM_UP: u64 = 20;
+    let count = a.u64("count")?;
+    let pool = pool();
+    let mut s = c.follow(dir)?;
+    let (mut visible, mut ack, mut lag) =
+        (latency_histogram(), latency_histogram(), latency_histogram());
+    let t = Instant::now();
+    let mut timed = std::time::Duration::ZERO;
+    for i in 0..WARM_UP + count {
+        let payload = &pool[(i % pool.len() as u64) as usize];
+        let t0 = Instant::now();
+        let seq = s.append(payload)?;
+        let acked = t0.elapsed();
+        s.wait_seen(seq)?;
+        let seen = t0.elapsed();
+        if i >= WARM_UP {
+            record(&mut ack, acked);
+            record(&mut visible, seen);
+            record(&mut lag, seen.saturating_sub(acked));
+            timed += seen;
+        }
+    }
+    black_box(t.elapsed());
+    s.finish(WARM_UP + count)?;
+    let p50 = quantile_us(&visible, 0.5);
+    Ok(vec![
+        ("rate", count as f64 / timed.as_secs_f64()),
+        ("p50_us", p50),
+        ("p99_us", quantile_us(&visible, 0.99)),
+        ("ack_p50_us", quantile_us(&ack, 0.5)),
+        ("lag_p50_us", quantile_us(&lag, 0.5)),
+        ("lag_p99_us", quantile_us(&lag, 0.99)),
     ])
 }

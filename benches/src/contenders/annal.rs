@@ -7,19 +7,29 @@
 //!   `t` appends to stream `w-<t>` with `ExpectedVersion::NoStream`, then `Exact`.
 //! - Replay: the log's cursor from 0 (every record's CRC checked); the store's `read_all`
 //!   (the same, plus decoding each event).
-//! - Point reads: `Log::read(seq)`; the store has no read by seq, so `read_all(seq)` and
-//!   its first event.
+//! - Point reads: `Log::read(seq)`; the store's `event(seq)` (the same point read, plus
+//!   decoding the event and finding its version in the stream index).
 //! - Open: `Log::open` / `Store::open` with default options.
 //! - Streams (store only): one `append` per event with `Exact` while building;
 //!   `read_stream(stream, 0, Forward, all)` to load one.
+//! - Follow (store only): `Options::default()` (`Durability::Sync`); one `EventCounts`
+//!   projection on a `ProjectionRunner` with default options, waited on with
+//!   `ProjectionHandle::wait_for(seq)`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use annal::{Direction, Durability, ExpectedVersion, Log, NewEvent, Options, Store, StoreOptions};
+use std::time::Duration;
+
+use annal::{
+    Direction, Durability, EventCounts, ExpectedVersion, Log, NewEvent, Options, ProjectionHandle,
+    ProjectionOptions, ProjectionRunner, Store, StoreOptions,
+};
 use bytes::Bytes;
 
-use super::{Closer, Contender, Durable, Kind, Opened, StreamEvent, StreamReader, Workload};
+use super::{
+    Closer, Contender, Durable, Followed, Kind, Opened, StreamEvent, StreamReader, Workload,
+};
 use crate::report::R;
 
 /// The event type of the log-level workloads at the store level.
@@ -51,7 +61,7 @@ impl Contender for AnnalLog {
     }
 
     fn supports(&self, w: Workload) -> bool {
-        w != Workload::Stream
+        !matches!(w, Workload::Stream | Workload::Follow)
     }
 
     fn bulk(&self, dir: &Path, events: u64, pool: &[Vec<u8>]) -> R<Box<dyn Closer>> {
@@ -137,7 +147,7 @@ impl Contender for AnnalStore {
     fn describe(&self) -> String {
         "annal::Store over the same log; appends with ExpectedVersion::Exact (each event gets \
          a type, a UUID v7 id and a timestamp: about 60 bytes more per record); point reads \
-         via read_all(seq)"
+         via Store::event(seq)"
             .into()
     }
 
@@ -190,6 +200,47 @@ impl Contender for AnnalStore {
 
     fn open_streams(&self, dir: &Path) -> R<Box<dyn StreamReader>> {
         Ok(Box::new(Store::open(dir, StoreOptions::default())?))
+    }
+
+    fn follow(&self, dir: &Path) -> R<Box<dyn Followed>> {
+        let store = Store::open(dir, StoreOptions::default())?;
+        let runner = ProjectionRunner::new(store.clone());
+        let counts = runner.spawn(EventCounts::new("counts"), ProjectionOptions::default())?;
+        Ok(Box::new(StoreFollowed { store, runner, counts, next_version: 0 }))
+    }
+}
+
+/// How long a follower may take to see an event before the measurement fails.
+const FOLLOW_WAIT: Duration = Duration::from_secs(60);
+
+struct StoreFollowed {
+    store: Store,
+    runner: ProjectionRunner,
+    counts: ProjectionHandle<EventCounts>,
+    next_version: u64,
+}
+
+impl Followed for StoreFollowed {
+    fn append(&mut self, payload: &[u8]) -> R<u64> {
+        let ev = NewEvent::new(EVENT_TYPE, Bytes::copy_from_slice(payload));
+        let r = self.store.append("follow", expected(self.next_version), &[ev])?;
+        self.next_version += 1;
+        Ok(r.last_seq())
+    }
+
+    fn wait_seen(&mut self, seq: u64) -> R<()> {
+        Ok(self.counts.wait_for(seq, FOLLOW_WAIT)?)
+    }
+
+    fn finish(self: Box<Self>, events: u64) -> R<()> {
+        let seen = self.counts.read_model().read(|v| v.total());
+        self.counts.stop()?;
+        drop(self.runner);
+        self.store.close()?;
+        if seen != events {
+            return Err(format!("the projection counted {seen} of {events} events").into());
+        }
+        Ok(())
     }
 }
 
@@ -245,7 +296,7 @@ impl Opened for Store {
     }
 
     fn read(&mut self, seq: u64, f: &mut dyn FnMut(&[u8])) -> R<()> {
-        let e = self.read_all(seq).next().ok_or_else(|| format!("annal has no event {seq}"))??;
+        let e = self.event(seq)?.ok_or_else(|| format!("annal has no event {seq}"))?;
         f(&e.data);
         Ok(())
     }

@@ -24,6 +24,8 @@ mod sqlite;
 
 use std::path::Path;
 
+pub use sqlite::POLL as SQLITE_POLL;
+
 use crate::report::R;
 
 /// The systems, in report order.
@@ -124,6 +126,9 @@ pub enum Workload {
     Stream,
     /// W7: open after a clean close and after a crash.
     Open,
+    /// W8: a durable append until a follower of the store (a projection, a polling reader)
+    /// has seen it.
+    Follow,
 }
 
 /// One system's adapter.
@@ -160,6 +165,24 @@ pub trait Contender {
     fn open_streams(&self, _dir: &Path) -> R<Box<dyn StreamReader>> {
         Err(format!("{} has no streams", self.kind().name()).into())
     }
+
+    /// W8: a fresh store in the empty directory `dir`, durable appends, and a follower
+    /// running in the same process that sees each append after it is durable.
+    fn follow(&self, _dir: &Path) -> R<Box<dyn Followed>> {
+        Err(format!("{} has no follower", self.kind().name()).into())
+    }
+}
+
+/// W8: a store with a follower (a projection, or a reader thread polling the store).
+pub trait Followed {
+    /// Appends `payload` as one event, returns once it is durable, with its seq.
+    fn append(&mut self, payload: &[u8]) -> R<u64>;
+
+    /// Returns once the follower has seen event `seq` (has counted it).
+    fn wait_seen(&mut self, seq: u64) -> R<()>;
+
+    /// Checks the follower saw `events` events, stops it and closes the store.
+    fn finish(self: Box<Self>, events: u64) -> R<()>;
 }
 
 /// A store to close cleanly.

@@ -40,7 +40,7 @@ impl Contender for PlainFile {
     }
 
     fn supports(&self, w: Workload) -> bool {
-        w != Workload::Stream
+        !matches!(w, Workload::Stream | Workload::Follow)
     }
 
     fn bulk(&self, dir: &Path, events: u64, pool: &[Vec<u8>]) -> R<Box<dyn Closer>> {

@@ -14,14 +14,22 @@
 //! - Point reads: `SELECT data WHERE seq = ?` through the rowid b-tree.
 //! - Open: `Connection::open` and `SELECT max(seq)`; after a crash the first read
 //!   recovers the WAL.
+//! - Follow: the durable writer's connection (`synchronous = FULL`, one autocommit insert
+//!   per append) and a reader thread with a connection of its own that polls
+//!   `SELECT seq, data WHERE seq >= ? ORDER BY seq` every [`POLL`] while nothing is new,
+//!   counting the rows it sees (what a projection would apply) and waking the waiter.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{Closer, Contender, Durable, Kind, Opened, StreamEvent, StreamReader, Workload};
+use super::{
+    Closer, Contender, Durable, Followed, Kind, Opened, StreamEvent, StreamReader, Workload,
+};
 use crate::report::R;
 
 const FILE: &str = "events.db";
@@ -32,6 +40,9 @@ const SCHEMA: &str = "CREATE TABLE events(seq INTEGER PRIMARY KEY, stream TEXT N
 
 const INSERT: &str =
     "INSERT INTO events(seq, stream, version, type, data) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// How long the follower's reader sleeps when a poll found nothing new.
+pub const POLL: Duration = Duration::from_micros(100);
 
 /// Rows per transaction when building the streams store.
 const BUILD_TX_ROWS: usize = 10_000;
@@ -138,6 +149,118 @@ impl Contender for Sqlite {
 
     fn open_streams(&self, dir: &Path) -> R<Box<dyn StreamReader>> {
         Ok(Box::new(SqliteOpened { conn: Connection::open(dir.join(FILE))?, events: 0 }))
+    }
+
+    fn follow(&self, dir: &Path) -> R<Box<dyn Followed>> {
+        let conn = create(dir, "FULL")?;
+        let seen = Arc::new((Mutex::new(Seen::default()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Connection::open(dir.join(FILE))?;
+        let thread = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("sqlite-follower".into())
+                .spawn(move || poll_rows(&reader, &seen, &stop))?
+        };
+        Ok(Box::new(SqliteFollowed { conn, next: 0, seen, stop, thread: Some(thread) }))
+    }
+}
+
+/// What the follower's reader has seen.
+#[derive(Debug, Default)]
+struct Seen {
+    /// One past the last seq it read.
+    end: u64,
+    /// Rows it counted.
+    rows: u64,
+    /// Why it ended, if it failed.
+    failed: Option<String>,
+}
+
+type SeenShared = Arc<(Mutex<Seen>, Condvar)>;
+
+/// The follower's reader: reads new rows in seq order, counts them, publishes how far it got.
+fn poll_rows(conn: &Connection, seen: &SeenShared, stop: &AtomicBool) {
+    let (lock, cond) = &**seen;
+    let poll = || -> R<u64> {
+        let from = lock.lock().unwrap_or_else(|e| e.into_inner()).end;
+        let mut st =
+            conn.prepare_cached("SELECT seq, data FROM events WHERE seq >= ?1 ORDER BY seq")?;
+        let mut rows = st.query([from as i64])?;
+        let (mut n, mut end) = (0u64, from);
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            let _ = r.get_ref(1)?.as_blob()?;
+            end = seq as u64 + 1;
+            n += 1;
+        }
+        if n > 0 {
+            let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.end = end;
+            s.rows += n;
+            cond.notify_all();
+        }
+        Ok(n)
+    };
+    while !stop.load(Ordering::Acquire) {
+        match poll() {
+            Ok(0) => std::thread::sleep(POLL),
+            Ok(_) => {}
+            Err(e) => {
+                lock.lock().unwrap_or_else(|e| e.into_inner()).failed = Some(e.to_string());
+                cond.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+struct SqliteFollowed {
+    conn: Connection,
+    /// The next seq (the version too: one stream).
+    next: i64,
+    seen: SeenShared,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Followed for SqliteFollowed {
+    fn append(&mut self, payload: &[u8]) -> R<u64> {
+        let seq = self.next;
+        self.conn.prepare_cached(INSERT)?.execute((seq, "follow", seq, "E", payload))?;
+        self.next += 1;
+        Ok(seq as u64)
+    }
+
+    fn wait_seen(&mut self, seq: u64) -> R<()> {
+        let (lock, cond) = &*self.seen;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while s.end <= seq {
+            if let Some(e) = &s.failed {
+                return Err(format!("the SQLite follower failed: {e}").into());
+            }
+            let (next, timeout) =
+                cond.wait_timeout(s, Duration::from_secs(60)).unwrap_or_else(|e| e.into_inner());
+            if timeout.timed_out() {
+                return Err(format!("the SQLite follower did not see seq {seq}").into());
+            }
+            s = next;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, events: u64) -> R<()> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| "the SQLite follower panicked")?;
+        }
+        let rows = self.seen.0.lock().unwrap_or_else(|e| e.into_inner()).rows;
+        let SqliteFollowed { conn, .. } = *self;
+        conn.close().map_err(|(_, e)| e)?;
+        if rows != events {
+            return Err(format!("the SQLite follower counted {rows} of {events} rows").into());
+        }
+        Ok(())
     }
 }
 

@@ -138,7 +138,10 @@ impl StreamCheckpoint {
         // before the vector is allocated.
         r.check_room(u64::from(n_streams), 10)?;
         let mut streams = Vec::with_capacity(n_streams as usize);
-        let mut seen = std::collections::HashSet::with_capacity(n_streams as usize);
+        let mut seen = foldhash::HashSet::with_capacity_and_hasher(
+            n_streams as usize,
+            foldhash::fast::RandomState::default(),
+        );
         for _ in 0..n_streams {
             let id_len = usize::from(r.u16()?);
             if id_len == 0 || id_len > STREAM_ID_BYTES_MAX {
@@ -149,22 +152,20 @@ impl StreamCheckpoint {
                 });
             }
             let id = std::str::from_utf8(r.bytes(id_len)?)
-                .map_err(|_| DecodeError::Inconsistent("checkpoint stream id is not UTF-8"))?
-                .to_owned();
-            if !seen.insert(id.clone()) {
+                .map_err(|_| DecodeError::Inconsistent("checkpoint stream id is not UTF-8"))?;
+            if !seen.insert(id) {
                 return Err(DecodeError::Inconsistent("checkpoint names a stream twice"));
             }
+            let id = id.to_owned();
             let n = r.u64()?;
             r.check_room(n, 8)?;
-            let mut seqs = Vec::with_capacity(n as usize);
-            let mut prev = None;
-            for _ in 0..n {
-                let q = r.u64()?;
-                if q >= covered_seq || prev.is_some_and(|p| p >= q) {
-                    return Err(DecodeError::Inconsistent("checkpoint seqs out of order or range"));
-                }
-                prev = Some(q);
-                seqs.push(q);
+            // In bulk: decode every seq, then check the order in one pass (strictly
+            // increasing, so only the last can reach `covered_seq`).
+            let raw = r.bytes(n as usize * 8)?;
+            let seqs: Vec<u64> = raw.chunks_exact(8).map(LE::read_u64).collect();
+            let ordered = seqs.windows(2).all(|w| w[0] < w[1]);
+            if !ordered || seqs.last().is_some_and(|&q| q >= covered_seq) {
+                return Err(DecodeError::Inconsistent("checkpoint seqs out of order or range"));
             }
             streams.push(CheckpointStream { id, seqs });
         }

@@ -542,10 +542,36 @@ impl Store {
         picked.into_iter().map(|s| self.event_at(s, None)).collect()
     }
 
+    /// The event at global position `seq`, or `None` if `seq` is at or past the visible end.
+    ///
+    /// A point read: it finds the record through the log's per-segment record offsets (as
+    /// [`Log::read`] does), checks its CRC, decodes it, and takes its version from the stream
+    /// index, without walking the log from a sparse index entry as [`Store::read_all`] does.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Corrupt`] if the record's bytes do not verify (nothing unverified is
+    ///   returned);
+    /// - [`Error::BadEvent`] if the record is not an event of this store (such as a record
+    ///   appended through [`Store::log`] directly);
+    /// - [`Error::MissingSegments`] if `seq` is below the log's first seq
+    ///   ([`Log::purge_before`]);
+    /// - [`Error::Io`] if the read fails.
+    pub fn event(&self, seq: u64) -> Result<Option<RecordedEvent>> {
+        if seq >= self.log.visible_end() {
+            return Ok(None);
+        }
+        self.event_at(seq, None).map(Some)
+    }
+
     /// Every event from `from_seq` on, in global order, up to the visible end (re-checked on
     /// each step).
     pub fn read_all(&self, from_seq: u64) -> AllEvents {
-        AllEvents { store: self.clone(), cursor: self.log.cursor(from_seq) }
+        AllEvents {
+            store: self.clone(),
+            cursor: self.log.cursor(from_seq),
+            next_versions: NextVersions::default(),
+        }
     }
 
     /// The ids of every stream with at least one visible event, sorted.
@@ -588,14 +614,43 @@ impl Store {
     }
 
     fn to_event(&self, rec: Record, version: Option<u64>) -> Result<RecordedEvent> {
+        self.to_event_hinted(rec, version, None)
+    }
+
+    /// [`Store::to_event`]; without a known version, `hints` (each stream's next version in a
+    /// scan in log order) are tried before a binary search of the stream's seqs, and updated.
+    fn to_event_hinted(
+        &self,
+        rec: Record,
+        version: Option<u64>,
+        hints: Option<&mut NextVersions>,
+    ) -> Result<RecordedEvent> {
         let body = decode(&rec)?;
-        let version =
-            match version {
-                Some(v) => v,
-                None => self.read_index().version_of(body.stream_id, rec.seq).ok_or(
-                    Error::BadEvent { seq: rec.seq, reason: "event is not in the index".into() },
-                )?,
-            };
+        let version = match version {
+            Some(v) => v,
+            None => {
+                let hint = hints.as_ref().and_then(|h| h.get(body.stream_id).copied());
+                let ix = self.read_index();
+                let found = match hint {
+                    Some(h) => ix.version_near(body.stream_id, rec.seq, h),
+                    None => ix.version_of(body.stream_id, rec.seq),
+                };
+                drop(ix);
+                let v = found.ok_or(Error::BadEvent {
+                    seq: rec.seq,
+                    reason: "event is not in the index".into(),
+                })?;
+                if let Some(h) = hints {
+                    match h.get_mut(body.stream_id) {
+                        Some(next) => *next = v + 1,
+                        None => {
+                            h.insert(body.stream_id.to_owned(), v + 1);
+                        }
+                    }
+                }
+                v
+            }
+        };
         Ok(RecordedEvent {
             stream_id: body.stream_id.to_owned(),
             event_type: body.event_type.to_owned(),
@@ -624,6 +679,7 @@ fn check_and_index(
     first_seq: u64,
 ) -> Result<(AppendResult, bool)> {
     let count = ids.len() as u32;
+    ix.materialize_recent();
     let len = ix.len_of(stream);
     let wrong = || Error::WrongExpectedVersion {
         stream: stream.to_string(),
@@ -683,11 +739,15 @@ fn spawn_checkpointer(
     spawned.ok()
 }
 
+/// Each stream's next version in a scan in log order.
+type NextVersions = foldhash::HashMap<String, u64>;
+
 /// Iterator over all events in global order (see [`Store::read_all`]).
 #[derive(Debug)]
 pub struct AllEvents {
     store: Store,
     cursor: Cursor,
+    next_versions: NextVersions,
 }
 
 impl Iterator for AllEvents {
@@ -695,6 +755,6 @@ impl Iterator for AllEvents {
 
     fn next(&mut self) -> Option<Self::Item> {
         let rec = self.cursor.next()?;
-        Some(rec.and_then(|r| self.store.to_event(r, None)))
+        Some(rec.and_then(|r| self.store.to_event_hinted(r, None, Some(&mut self.next_versions))))
     }
 }
