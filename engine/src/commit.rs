@@ -5,7 +5,10 @@
 //! The shape is leader/follower (as raft-engine's write barrier): an appender enqueues its
 //! prepared batch; if no leader is active it becomes the leader, takes the whole queue,
 //! writes it with one `write` and covers it with one `fdatasync`, hands every member its
-//! result, and steps down; appenders that arrived meanwhile form the next group. At most one
+//! result, and steps down; appenders that arrived meanwhile form the next group. Each
+//! appender waits on its own channel: a group's end wakes exactly its members, and the lead
+//! passes straight to the first queued appender (a waiting `sync` first), as RocksDB's
+//! write thread links its leaders, instead of waking every waiter to race for it. At most one
 //! group is unsynced at any time under `Durability::Sync`, which is what lets recovery tell a
 //! torn tail from damage to acknowledged data (format-spec.md §7).
 
@@ -13,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::error::{Error, Result};
 use crate::format::{FrameKind, IndexHeader, Placement, PreparedBatch, encode_marker_frame};
@@ -113,18 +116,33 @@ pub(crate) struct CommitCtx {
 /// Hooks must not call back into the log.
 pub(crate) type CommitHook = Box<dyn FnOnce(CommitCtx) -> Result<bool> + Send>;
 
+/// What a waiting appender is woken with: its own result, or the lead of the next group.
+/// Each appender waits on its own channel, so a group's end wakes exactly its members and
+/// one next leader, not every waiting thread.
+enum Wake {
+    Done(Result<Appended>),
+    Lead,
+}
+
 struct Pending {
     batch: PreparedBatch,
     hook: Option<CommitHook>,
-    tx: Sender<Result<Appended>>,
+    tx: Sender<Wake>,
 }
 
 /// The queue and leadership flag.
 #[derive(Default)]
 pub(crate) struct CommitState {
+    /// Appends waiting for the next group. Never non-empty without a leader: an appender
+    /// that finds no leader leads, and a leader that steps down with appends queued hands
+    /// the lead to the first of them.
     queue: Vec<Pending>,
     leader: bool,
     closed: bool,
+    /// Callers of `sync` waiting on the condition variable for the lead.
+    sync_waiting: usize,
+    /// The lead was handed to one of the `sync` waiters (leader stays true).
+    sync_turn: bool,
 }
 
 impl std::fmt::Debug for CommitState {
@@ -231,9 +249,7 @@ impl Drop for LeaderGuard<'_> {
                 source: Arc::new(std::io::Error::other("the group-commit leader panicked")),
             });
         }
-        let c = &self.0.committer;
-        c.lock_state().leader = false;
-        c.cond.notify_all();
+        self.0.step_down();
     }
 }
 
@@ -266,26 +282,54 @@ impl Inner {
             return Err(Error::Closed);
         }
         st.queue.push(Pending { batch, hook, tx });
-        loop {
-            match rx.try_recv() {
-                Ok(result) => return result,
-                Err(TryRecvError::Disconnected) => {
-                    return Err(self.poisoned().unwrap_or(Error::Closed));
-                }
-                Err(TryRecvError::Empty) => {}
+        if st.leader {
+            drop(st);
+            match rx.recv() {
+                Ok(Wake::Done(result)) => return result,
+                // Handed the lead: this batch is first in the queue the next group takes.
+                Ok(Wake::Lead) => st = self.committer.lock_state(),
+                // The leader panicked with this batch in its group.
+                Err(_) => return Err(self.poisoned().unwrap_or(Error::Closed)),
             }
-            if !st.leader {
-                st.leader = true;
-                let group = std::mem::take(&mut st.queue);
-                drop(st);
-                let guard = LeaderGuard(self);
-                self.lead(group, false);
-                drop(guard);
-                st = self.committer.lock_state();
-                continue;
-            }
-            st = self.committer.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        } else {
+            st.leader = true;
         }
+        let group = std::mem::take(&mut st.queue);
+        drop(st);
+        let guard = LeaderGuard(self);
+        self.lead(group, false);
+        drop(guard);
+        // This batch was in the group just led: its result is waiting.
+        match rx.try_recv() {
+            Ok(Wake::Done(result)) => result,
+            _ => Err(self.poisoned().unwrap_or(Error::Closed)),
+        }
+    }
+
+    /// Ends a leader's turn: hands the lead to a waiting `sync` caller first (so that
+    /// `sync` is not starved by a steady stream of appends), else to the first queued
+    /// appender, else gives it up and wakes whoever waits for it (`sync`, `close`).
+    fn step_down(&self) {
+        let c = &self.committer;
+        let mut st = c.lock_state();
+        if st.sync_waiting > 0 {
+            st.sync_turn = true;
+            drop(st);
+            c.cond.notify_all();
+            return;
+        }
+        while let Some(first) = st.queue.first() {
+            if first.tx.send(Wake::Lead).is_ok() {
+                // It takes the whole queue, its own batch first, when it runs.
+                return;
+            }
+            // Unreachable in practice (a queued appender waits until answered): its batch
+            // is dropped unwritten and the next one is tried.
+            st.queue.remove(0);
+        }
+        st.leader = false;
+        drop(st);
+        c.cond.notify_all();
     }
 
     /// Forces an fsync of everything written so far.
@@ -294,10 +338,20 @@ impl Inner {
             return Err(Error::ReadOnly);
         }
         let mut st = self.committer.lock_state();
-        while st.leader {
+        st.sync_waiting += 1;
+        loop {
+            if st.sync_turn {
+                // Handed the lead by the last leader (`leader` stays true).
+                st.sync_turn = false;
+                break;
+            }
+            if !st.leader {
+                st.leader = true;
+                break;
+            }
             st = self.committer.cond.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        st.leader = true;
+        st.sync_waiting -= 1;
         let group = std::mem::take(&mut st.queue);
         drop(st);
         let guard = LeaderGuard(self);
@@ -319,11 +373,11 @@ impl Inner {
         let mut ws = self.committer.writer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = self.poisoned() {
             for p in group {
-                let _ = p.tx.send(Err(e.clone()));
+                let _ = p.tx.send(Wake::Done(Err(e.clone())));
             }
             return;
         }
-        let mut done: Vec<(Sender<Result<Appended>>, Appended)> = Vec::with_capacity(group.len());
+        let mut done: Vec<(Sender<Wake>, Appended)> = Vec::with_capacity(group.len());
         // Batches end early enough that a close frame and then a seal still fit: a segment
         // file never grows past `segment_bytes`.
         let limit = self.opts.segment_bytes - 2 * FRAME_HEADER_BYTES as u64;
@@ -341,11 +395,11 @@ impl Inner {
                         if ok {
                             self.count_append(&a);
                         }
-                        let _ = tx.send(if ok { Ok(a) } else { Err(e.clone()) });
+                        let _ = tx.send(Wake::Done(if ok { Ok(a) } else { Err(e.clone()) }));
                     }
-                    let _ = p.tx.send(Err(e.clone()));
+                    let _ = p.tx.send(Wake::Done(Err(e.clone())));
                     for rest in items {
-                        let _ = rest.tx.send(Err(e.clone()));
+                        let _ = rest.tx.send(Wake::Done(Err(e.clone())));
                     }
                     self.publish(&ws);
                     return;
@@ -356,11 +410,11 @@ impl Inner {
                 match hook(CommitCtx { first_seq: first }) {
                     Ok(true) => {}
                     Ok(false) => {
-                        let _ = p.tx.send(Ok(Appended { first, count: 0 }));
+                        let _ = p.tx.send(Wake::Done(Ok(Appended { first, count: 0 })));
                         continue;
                     }
                     Err(e) => {
-                        let _ = p.tx.send(Err(e));
+                        let _ = p.tx.send(Wake::Done(Err(e)));
                         continue;
                     }
                 }
@@ -391,13 +445,13 @@ impl Inner {
         let result = self.flush(&mut ws, sync);
         self.publish(&ws);
         for (tx, a) in done {
-            let _ = tx.send(match &result {
+            let _ = tx.send(Wake::Done(match &result {
                 Ok(()) => {
                     self.count_append(&a);
                     Ok(a)
                 }
                 Err(e) => Err(e.clone()),
-            });
+            }));
         }
     }
 

@@ -678,3 +678,44 @@ fn a_failed_group_fsync_fails_every_waiter_and_acks_nobody_after() {
     // waiter gets the error" was exercised, not just a group of one.
     assert!(largest >= 2, "every failed group had a single member");
 }
+
+/// A leader that steps down with appends queued hands the lead to the first of them, so
+/// under a steady stream of appends the lead might never be free; `sync` must still get its
+/// turn (the step-down gives it the lead first). Without that, this test hangs and fails on
+/// its watchdog.
+#[test]
+fn sync_gets_the_lead_while_appenders_keep_it_busy() {
+    let sim = SimFs::new(base_seed());
+    sim.set_sync_delay(Duration::from_micros(200));
+    let log = open_sim(&sim, &Options::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appenders: Vec<_> = (0..32)
+        .map(|t| {
+            let (log, stop) = (log.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    log.append(&[payload(t, i, 0, 1, 64)]).unwrap();
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let syncer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                log.sync().unwrap();
+            }
+            let _ = tx.send(());
+        })
+    };
+    let done = rx.recv_timeout(Duration::from_secs(120));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended: usize = appenders.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(done.is_ok(), "50 syncs did not finish in 120 s beside 32 busy appenders");
+    syncer.join().unwrap();
+    assert!(appended > 0);
+}
