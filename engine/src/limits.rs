@@ -16,12 +16,6 @@ pub const RECORD_HEADER_BYTES: usize = 16;
 /// Frames start at file offsets that are multiples of this; batches are zero-padded to it.
 pub const FRAME_ALIGN_BYTES: usize = 8;
 
-/// Largest batch body a cursor copies out of a segment whole, to check and hand out its
-/// records from the copy (one allocation per batch). A larger batch (its length comes from
-/// a CRC-checked frame header, but is still only bounded by the file) is read record by
-/// record, each copy bounded by the record limit.
-pub const BATCH_COPY_BYTES_MAX: u32 = 4 << 20;
-
 /// Bytes of the fixed header of an index file (format-spec.md §5).
 pub const INDEX_HEADER_BYTES: usize = 64;
 

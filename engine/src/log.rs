@@ -983,8 +983,8 @@ struct Pos {
     frame: Frame,
     /// Offset of the next record inside the batch.
     rec_off: u64,
-    /// The current batch's body, copied out of the segment (see `segment::BatchCopy`).
-    copy: Option<segment::BatchCopy>,
+    /// Copies of the records handed out (see `segment::RecordCopier`).
+    copier: segment::RecordCopier,
 }
 
 impl Pos {
@@ -1064,7 +1064,8 @@ impl Cursor {
             let (rec_off, _) = segment::locate_record(&mut src, frame_off, &frame, seq, max)
                 .map_err(|(o, e)| e.at(&seg.path, o))?;
             let rec_off = rec_off - crate::limits::RECORD_HEADER_BYTES as u64;
-            self.pos = Some(Pos { seg, src, frame_off, frame, rec_off, copy: None });
+            self.pos =
+                Some(Pos { seg, src, frame_off, frame, rec_off, copier: Default::default() });
         }
         let Some(p) = self.pos.as_mut() else {
             return Ok(None);
@@ -1092,21 +1093,10 @@ impl Cursor {
             };
         }
         let body_end = p.frame_off + FRAME_HEADER_BYTES as u64 + u64::from(p.frame.body_bytes);
-        let body_start = p.frame_off + FRAME_HEADER_BYTES as u64;
-        let (payload, next) = if p.frame.body_bytes <= crate::limits::BATCH_COPY_BYTES_MAX {
-            // The whole batch copied once, its records checked and handed out from the copy.
-            let copy = match p.copy.take() {
-                Some(c) if c.covers(body_start) => c,
-                old => segment::BatchCopy::take(&mut p.src, body_start, p.frame.body_bytes, old)
-                    .map_err(|e| Error::io("read", &p.seg.path, e))?,
-            };
-            let read = copy.record(p.rec_off, body_end, self.next, max);
-            p.copy = Some(copy);
-            read
-        } else {
-            segment::read_record(&mut p.src, p.rec_off, body_end, self.next, max)
-        }
-        .map_err(|(o, e)| e.at(&p.seg.path, o))?;
+        let (payload, next) = p
+            .copier
+            .record(&mut p.src, p.rec_off, body_end, self.next, max)
+            .map_err(|(o, e)| e.at(&p.seg.path, o))?;
         p.rec_off = next;
         let rec = Record { seq: self.next, timestamp_us: p.frame.timestamp_us, payload };
         self.next += 1;

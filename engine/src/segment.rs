@@ -335,70 +335,94 @@ pub(crate) fn read_record(
     Ok((payload, pos + end as u64))
 }
 
-/// A private copy of one batch body, taken out of a source before any of its records is
-/// checked, so that the payloads a cursor hands out are slices of bytes that were checked
-/// and that nothing else can change (not views of a memory map).
-pub(crate) struct BatchCopy {
-    /// File offset of `bytes[0]`.
+/// Bytes a cursor copies out of a segment at a time (or one whole record, if larger).
+/// Small enough that a record is checked while its copy is still in the CPU's cache.
+const COPY_CHUNK_BYTES: usize = 64 << 10;
+
+/// Private copies of the records a cursor hands out, taken out of a source before they are
+/// checked, so that a payload is a slice of bytes whose CRC was checked and that nothing else
+/// can change (not a view of a memory map that another writer or the disk could change).
+///
+/// Records are copied a chunk at a time into one buffer, and each record is checked in the
+/// chunk right after the copy (while it is in the cache). A chunk ends where the batch does;
+/// a record that does not fit in the rest of a chunk starts a new chunk of its own size,
+/// bounded by the record limit. The buffer's allocation is reused once no payload handed out
+/// from it is held.
+#[derive(Default)]
+pub(crate) struct RecordCopier {
+    /// File offset of `chunk[0]`.
     start: u64,
-    bytes: bytes::Bytes,
+    /// The current chunk: copied bytes, handed out as slices.
+    chunk: bytes::Bytes,
+    /// The allocation the next chunk is copied into.
+    spare: bytes::BytesMut,
 }
 
-impl BatchCopy {
-    /// Copies the `len` bytes at `start` (a batch body; the caller bounds `len` by
-    /// [`crate::limits::BATCH_COPY_BYTES_MAX`]). The buffer of `reuse`, the previous copy,
-    /// is written over if no payload handed out from it is still held: a scan then copies
-    /// into memory it has touched already instead of a fresh allocation per batch.
-    pub(crate) fn take(
-        src: &mut Source,
-        start: u64,
-        len: u32,
-        reuse: Option<BatchCopy>,
-    ) -> io::Result<BatchCopy> {
-        let data = src.get(start, len as usize)?;
-        let mut buf = match reuse.map(|c| c.bytes.try_into_mut()) {
-            Some(Ok(mut b)) => {
-                b.clear();
-                b
-            }
-            _ => bytes::BytesMut::with_capacity(data.len()),
-        };
-        buf.extend_from_slice(data);
-        Ok(BatchCopy { start, bytes: buf.freeze() })
-    }
-
-    /// Whether this is the copy of the batch body starting at `start`.
-    pub(crate) fn covers(&self, start: u64) -> bool {
-        self.start == start
-    }
-
-    /// The record whose header is at file offset `pos` (inside the body, which ends at
-    /// `body_end`), verified in the copy: its payload and the offset after it.
+impl RecordCopier {
+    /// The record whose header is at file offset `pos`, in a batch body ending at
+    /// `body_end`: copied, then verified in the copy (length bounds, CRC, seq). Returns its
+    /// payload and the offset after it.
     pub(crate) fn record(
-        &self,
+        &mut self,
+        src: &mut Source,
         pos: u64,
         body_end: u64,
         seq: u64,
         max_payload: u32,
     ) -> Result<(bytes::Bytes, u64), (u64, FrameError)> {
-        let (Some(rel), Some(rel_end)) =
-            (pos.checked_sub(self.start), body_end.checked_sub(self.start))
+        let Some(left) = body_end.checked_sub(pos).filter(|&n| n >= RECORD_HEADER_BYTES as u64)
         else {
-            let e = DecodeError::Inconsistent("record outside the copied batch");
-            return Err((pos, e.into()));
-        };
-        let body = self.bytes.get(..rel_end as usize).unwrap_or_default();
-        let h = body.get(rel as usize..).and_then(|b| b.get(..RECORD_HEADER_BYTES));
-        let Some(h) = h else {
             let e = DecodeError::Inconsistent("record header crosses the batch end");
             return Err((pos, e.into()));
         };
-        let len = record_len_in(h, rel, rel_end, max_payload).map_err(|e| (pos, e))?;
-        let end = rel + (RECORD_HEADER_BYTES as u64) + u64::from(len);
-        let record = body.get(rel as usize..end as usize).unwrap_or_default();
+        if !self.holds(pos, RECORD_HEADER_BYTES as u64) {
+            let n = left.min(COPY_CHUNK_BYTES as u64) as usize;
+            self.refill(src, pos, n).map_err(|e| (pos, e.into()))?;
+        }
+        let len = self.len_at(pos, body_end, max_payload)?;
+        let whole = RECORD_HEADER_BYTES as u64 + u64::from(len);
+        if !self.holds(pos, whole) {
+            // Bounded by the batch and by `max_payload` (checked by `len_at`).
+            self.refill(src, pos, whole as usize).map_err(|e| (pos, e.into()))?;
+            // The new copy's own header decides: it is what the CRC is checked against.
+            let again = self.len_at(pos, body_end, max_payload)?;
+            if again != len {
+                let e = DecodeError::Inconsistent("record changed while it was copied");
+                return Err((pos, e.into()));
+            }
+        }
+        let rel = (pos - self.start) as usize;
+        let end = rel + whole as usize;
+        let record = self.chunk.get(rel..end).unwrap_or_default();
         decode_record_header(record, seq, max_payload).map_err(|e| (pos, e.into()))?;
-        let payload = (rel as usize + RECORD_HEADER_BYTES)..end as usize;
-        Ok((self.bytes.slice(payload), self.start + end))
+        Ok((self.chunk.slice(rel + RECORD_HEADER_BYTES..end), pos + whole))
+    }
+
+    /// Whether the current chunk holds the `n` bytes at file offset `pos`.
+    fn holds(&self, pos: u64, n: u64) -> bool {
+        pos >= self.start
+            && (pos - self.start).checked_add(n).is_some_and(|e| e <= self.chunk.len() as u64)
+    }
+
+    /// The payload length in the copied record header at `pos`, bounded by the batch and
+    /// by `max_payload`.
+    fn len_at(&self, pos: u64, body_end: u64, max_payload: u32) -> Result<u32, (u64, FrameError)> {
+        let rel = (pos - self.start) as usize;
+        let h = self.chunk.get(rel..rel + RECORD_HEADER_BYTES).unwrap_or_default();
+        record_len_in(h, pos, body_end, max_payload).map_err(|e| (pos, e))
+    }
+
+    /// Copies the `n` bytes at `pos` into a fresh chunk.
+    fn refill(&mut self, src: &mut Source, pos: u64, n: usize) -> io::Result<()> {
+        let data = src.get(pos, n)?;
+        // Drop this copier's own handle on the old chunk first, so that `reserve` can take
+        // the allocation back when no payload of it is held any more.
+        self.chunk = bytes::Bytes::new();
+        self.spare.reserve(n.max(COPY_CHUNK_BYTES * 4));
+        self.spare.extend_from_slice(data);
+        self.chunk = self.spare.split().freeze();
+        self.start = pos;
+        Ok(())
     }
 }
 
