@@ -1107,9 +1107,22 @@ impl Cursor {
 impl Iterator for Cursor {
     type Item = Result<Record>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
+        }
+        // The common case: the next record is in the current batch and was verified with the
+        // copy it came in (`RecordCopier::verified`), and it is visible.
+        if let Some(p) = self.pos.as_mut()
+            && self.next < p.frame.seq + u64::from(p.frame.count)
+            && self.next < self.inner.visible.load(Ordering::Acquire)
+            && let Some((payload, next)) = p.copier.verified(p.rec_off, self.next)
+        {
+            p.rec_off = next;
+            let rec = Record { seq: self.next, timestamp_us: p.frame.timestamp_us, payload };
+            self.next += 1;
+            return Some(Ok(rec));
         }
         match self.step() {
             Ok(Some(r)) => Some(Ok(r)),

@@ -128,6 +128,7 @@ pub(crate) fn mapped_bytes(map: memmap2::Mmap) -> bytes::Bytes {
 }
 
 /// Why a frame at some offset is not valid, or an I/O error reading it.
+#[derive(Debug)]
 pub(crate) enum FrameError {
     /// The bytes are bad.
     Bad(CorruptionKind),
@@ -343,11 +344,12 @@ const COPY_CHUNK_BYTES: usize = 64 << 10;
 /// checked, so that a payload is a slice of bytes whose CRC was checked and that nothing else
 /// can change (not a view of a memory map that another writer or the disk could change).
 ///
-/// Records are copied a chunk at a time into one buffer, and each record is checked in the
-/// chunk right after the copy (while it is in the cache). A chunk ends where the batch does;
-/// a record that does not fit in the rest of a chunk starts a new chunk of its own size,
-/// bounded by the record limit. The buffer's allocation is reused once no payload handed out
-/// from it is held.
+/// Records are copied a chunk at a time into one buffer. Right after a copy (while it is in
+/// the cache) the records that lie whole in the chunk are checked in one pass, up to the first
+/// that fails: that is the verified run, which later calls hand out without looking at the
+/// source again ([`RecordCopier::verified`]). A chunk ends where the batch does; a record that
+/// does not fit in the rest of a chunk starts a new chunk of its own size, bounded by the
+/// record limit. The buffer's allocation is reused once no payload handed out from it is held.
 #[derive(Default)]
 pub(crate) struct RecordCopier {
     /// File offset of `chunk[0]`.
@@ -356,12 +358,35 @@ pub(crate) struct RecordCopier {
     chunk: bytes::Bytes,
     /// The allocation the next chunk is copied into.
     spare: bytes::BytesMut,
+    /// Chunk-relative offsets of the verified run: the records from `run_start` up to
+    /// `run_end`, back to back, each of which passed `decode_record_header` in this chunk.
+    run_start: usize,
+    run_end: usize,
 }
 
 impl RecordCopier {
+    /// The record whose header is at file offset `pos` with seq `seq`, if it lies in the
+    /// verified run: its payload and the offset after it. Records are only ever asked for at
+    /// their own offsets, in order (a cursor's chain of offsets starts at a batch's first
+    /// record), so `pos` inside the run is a record boundary of the run; the seq is compared
+    /// as well, so a caller that broke that rule would get `None` and the checked path.
+    #[inline]
+    pub(crate) fn verified(&self, pos: u64, seq: u64) -> Option<(bytes::Bytes, u64)> {
+        let rel = usize::try_from(pos.checked_sub(self.start)?).ok()?;
+        if rel < self.run_start || rel >= self.run_end {
+            return None;
+        }
+        let (len, found) = crate::format::record_len_and_seq(self.chunk.get(rel..self.run_end)?)?;
+        let end = rel + RECORD_HEADER_BYTES + len as usize;
+        if found != seq || end > self.run_end {
+            return None;
+        }
+        Some((self.chunk.slice(rel + RECORD_HEADER_BYTES..end), pos + (end - rel) as u64))
+    }
+
     /// The record whose header is at file offset `pos`, in a batch body ending at
-    /// `body_end`: copied, then verified in the copy (length bounds, CRC, seq). Returns its
-    /// payload and the offset after it.
+    /// `body_end`: copied, then verified in the copy (length bounds, CRC, seq), with the
+    /// records after it that the copy holds. Returns its payload and the offset after it.
     pub(crate) fn record(
         &mut self,
         src: &mut Source,
@@ -370,6 +395,9 @@ impl RecordCopier {
         seq: u64,
         max_payload: u32,
     ) -> Result<(bytes::Bytes, u64), (u64, FrameError)> {
+        if let Some(r) = self.verified(pos, seq) {
+            return Ok(r);
+        }
         let Some(left) = body_end.checked_sub(pos).filter(|&n| n >= RECORD_HEADER_BYTES as u64)
         else {
             let e = DecodeError::Inconsistent("record header crosses the batch end");
@@ -391,11 +419,39 @@ impl RecordCopier {
                 return Err((pos, e.into()));
             }
         }
+        self.verify_run(pos, body_end, seq, max_payload);
+        if let Some(r) = self.verified(pos, seq) {
+            return Ok(r);
+        }
+        // The record at `pos` did not verify: check it again for the error.
         let rel = (pos - self.start) as usize;
-        let end = rel + whole as usize;
-        let record = self.chunk.get(rel..end).unwrap_or_default();
+        let record = self.chunk.get(rel..rel + whole as usize).unwrap_or_default();
         decode_record_header(record, seq, max_payload).map_err(|e| (pos, e.into()))?;
-        Ok((self.chunk.slice(rel + RECORD_HEADER_BYTES..end), pos + whole))
+        let e = DecodeError::Inconsistent("record verified but not handed out");
+        Err((pos, e.into()))
+    }
+
+    /// Checks the records from file offset `pos` (seq `seq`) that lie whole in the chunk and
+    /// inside the batch body ending at `body_end`, up to the first that fails, and makes them
+    /// the verified run. `pos` lies in the chunk.
+    fn verify_run(&mut self, pos: u64, body_end: u64, seq: u64, max_payload: u32) {
+        let first = (pos - self.start) as usize;
+        let limit = usize::try_from(body_end.saturating_sub(self.start))
+            .unwrap_or(usize::MAX)
+            .min(self.chunk.len());
+        let data = self.chunk.get(..limit).unwrap_or_default();
+        let (mut at, mut s) = (first, seq);
+        while let Some(rest) = data.get(at..) {
+            match decode_record_header(rest, s, max_payload) {
+                Ok((_, payload)) => {
+                    at += RECORD_HEADER_BYTES + payload.len();
+                    s += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.run_start = first;
+        self.run_end = at;
     }
 
     /// Whether the current chunk holds the `n` bytes at file offset `pos`.
@@ -412,12 +468,14 @@ impl RecordCopier {
         record_len_in(h, pos, body_end, max_payload).map_err(|e| (pos, e))
     }
 
-    /// Copies the `n` bytes at `pos` into a fresh chunk.
+    /// Copies the `n` bytes at `pos` into a fresh chunk (with an empty verified run).
     fn refill(&mut self, src: &mut Source, pos: u64, n: usize) -> io::Result<()> {
         let data = src.get(pos, n)?;
         // Drop this copier's own handle on the old chunk first, so that `reserve` can take
         // the allocation back when no payload of it is held any more.
         self.chunk = bytes::Bytes::new();
+        self.run_start = 0;
+        self.run_end = 0;
         self.spare.reserve(n.max(COPY_CHUNK_BYTES * 4));
         self.spare.extend_from_slice(data);
         self.chunk = self.spare.split().freeze();
@@ -765,4 +823,87 @@ pub(crate) fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Placement, decode_frame_header, encode_batch};
+
+    /// One batch of `payloads` at offset 0 (seq 10), with byte `flip` (if any) of the frame
+    /// flipped: the mapped source, the offset of each record, and the body's end.
+    fn batch(payloads: &[Vec<u8>], flip: Option<usize>) -> (Source, Vec<u64>, u64) {
+        let at =
+            Placement { seq: 10, file_offset: 0, synced_through: 0, log_tag: 7, timestamp_us: 1 };
+        let mut buf = Vec::new();
+        encode_batch(&mut buf, at, payloads);
+        let frame = decode_frame_header(&buf[..FRAME_HEADER_BYTES]).unwrap();
+        let mut offs = Vec::new();
+        let mut pos = FRAME_HEADER_BYTES as u64;
+        for p in payloads {
+            offs.push(pos);
+            pos += (RECORD_HEADER_BYTES + p.len()) as u64;
+        }
+        if let Some(i) = flip {
+            buf[i] ^= 0x10;
+        }
+        let body_end = FRAME_HEADER_BYTES as u64 + u64::from(frame.body_bytes);
+        (Source::Mapped(bytes::Bytes::from(buf)), offs, body_end)
+    }
+
+    fn payloads(n: usize, len: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| (0..len).map(|j| (i * 31 + j) as u8).collect()).collect()
+    }
+
+    #[test]
+    fn a_damaged_record_ends_the_verified_run_and_is_reported() {
+        let ps = payloads(50, 300);
+        let (_, offs, _) = batch(&ps, None);
+        // A payload byte of record 30: its CRC no longer matches.
+        let (mut src, _, body_end) = batch(&ps, Some(offs[30] as usize + RECORD_HEADER_BYTES + 5));
+        let mut c = RecordCopier::default();
+        for (i, p) in ps.iter().enumerate().take(30) {
+            let (got, next) =
+                c.record(&mut src, offs[i], body_end, 10 + i as u64, u32::MAX).unwrap();
+            assert_eq!(&got[..], &p[..], "record {i}");
+            assert_eq!(next, offs[i + 1]);
+        }
+        assert!(c.verified(offs[30], 40).is_none(), "a damaged record was in the verified run");
+        match c.record(&mut src, offs[30], body_end, 40, u32::MAX) {
+            Err((
+                at,
+                FrameError::Bad(CorruptionKind::Decode(DecodeError::ChecksumMismatch { .. })),
+            )) => assert_eq!(at, offs[30]),
+            other => panic!("record 30: {:?}", other.map(|(p, n)| (p.len(), n))),
+        }
+    }
+
+    #[test]
+    fn verified_records_are_handed_out_only_at_their_own_seq() {
+        let ps = payloads(20, 100);
+        let (mut src, offs, body_end) = batch(&ps, None);
+        let mut c = RecordCopier::default();
+        c.record(&mut src, offs[0], body_end, 10, u32::MAX).unwrap();
+        // The whole batch fits in one chunk: every record is in the run, at its seq only.
+        for (i, p) in ps.iter().enumerate().skip(1) {
+            assert!(c.verified(offs[i], 10 + i as u64 + 1).is_none(), "record {i}, wrong seq");
+            let (got, _) = c.verified(offs[i], 10 + i as u64).unwrap();
+            assert_eq!(&got[..], &p[..]);
+        }
+        // Past the body's records there is nothing verified.
+        assert!(c.verified(body_end, 30).is_none());
+    }
+
+    #[test]
+    fn records_larger_than_a_chunk_are_copied_whole_and_checked() {
+        let ps = payloads(6, COPY_CHUNK_BYTES / 2 + 999);
+        let (mut src, offs, body_end) = batch(&ps, None);
+        let mut c = RecordCopier::default();
+        for (i, p) in ps.iter().enumerate() {
+            let (got, next) =
+                c.record(&mut src, offs[i], body_end, 10 + i as u64, u32::MAX).unwrap();
+            assert_eq!(&got[..], &p[..], "record {i}");
+            assert_eq!(next, offs.get(i + 1).copied().unwrap_or(body_end));
+        }
+    }
 }

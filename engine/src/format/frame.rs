@@ -264,6 +264,15 @@ pub fn decode_record_header(
     Ok((header, payload))
 }
 
+/// The `payload_bytes` and `seq` fields of the record header at the start of `buf`, unchecked
+/// (`None` if `buf` is shorter than a header). Only for records already verified by
+/// [`decode_record_header`] in the same bytes.
+#[inline]
+pub fn record_len_and_seq(buf: &[u8]) -> Option<(u32, u64)> {
+    let b = buf.get(..RECORD_HEADER_BYTES)?;
+    Some((LE::read_u32(&b[REC_OFF_LEN..REC_OFF_SEQ]), LE::read_u64(&b[REC_OFF_SEQ..])))
+}
+
 /// Appends one batch frame (header, records, zero padding) to `out`.
 ///
 /// The caller has checked the payload sizes and count against the limits; this is asserted.

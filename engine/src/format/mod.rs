@@ -20,7 +20,7 @@ pub use event::{EVENT_VERSION, EventBody};
 pub use frame::{
     Frame, FrameKind, Placement, PreparedBatch, RecordHeader, align_up, batch_frame_bytes,
     decode_frame_header, decode_record_header, encode_batch, encode_marker_frame, log_tag,
-    record_crc,
+    record_crc, record_len_and_seq,
 };
 pub use index_file::{IndexEntry, IndexHeader, decode_index, encode_index};
 pub use log_marker::{LOG_MARKER_MAGIC, LogMarker, LogMarkerKind};
