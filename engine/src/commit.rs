@@ -518,7 +518,11 @@ impl Inner {
     /// The zeros become durable with the group's own fsync.
     fn zero_ahead(&self, ws: &mut WriterState) -> std::io::Result<()> {
         let chunk = self.opts.zero_ahead_bytes;
-        if chunk == 0 || !self.opts.preallocate || ws.write_pos <= ws.zeroed_to {
+        if chunk == 0
+            || !self.opts.preallocate
+            || !self.opts.zeroing_pays()
+            || ws.write_pos <= ws.zeroed_to
+        {
             return Ok(());
         }
         let from = ws.write_pos;

@@ -308,6 +308,7 @@ impl Log {
         let preparer = (writable
             && opts.preallocate
             && opts.prepare_segments
+            && opts.zeroing_pays()
             && storage.zero_fill_pays(&seg_dir))
         .then(|| {
             let spare = seg_dir.join(names::SPARE_SEGMENT_FILE);

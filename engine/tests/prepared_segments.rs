@@ -196,3 +196,40 @@ fn faults_and_crashes_during_a_roll_onto_a_spare_lose_no_acknowledged_record() {
         }
     }
 }
+
+/// Under `Durability::None` syncs are rare, so zeros written ahead would mostly reach the
+/// device for nothing (`Options::zeroing_pays`): no spare is prepared and the roll creates its
+/// segment the ordinary way, with nothing written past the records.
+#[test]
+fn no_spare_and_no_zeros_ahead_under_durability_none() {
+    let sim = SimFs::new(7);
+    sim.set_zero_fill_pays(true);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let opts = Options { durability: annal::Durability::None, ..opts() };
+    let log = Log::open_with(Arc::clone(&storage), "/s", opts).unwrap();
+    let mut i = 0;
+    while log.stats().bytes_written < SEGMENT_BYTES / 2 + 4096 {
+        log.append(&[payload(i)]).unwrap();
+        i += 1;
+    }
+    // Past the half, where a spare would be asked for: none may appear (on SimFs one is
+    // ready within milliseconds when it is asked for).
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        assert!(!log.stats().spare_ready, "a spare was prepared under Durability::None");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    while log.stats().rolls == 0 {
+        log.append(&[payload(i)]).unwrap();
+        i += 1;
+    }
+    let st = log.stats();
+    assert_eq!((st.prepared_rolls, st.spare_ready), (0, false), "{st:?}");
+    // One write per group and one seal per roll: no zeros written ahead of the records.
+    assert_eq!(st.writes, st.groups + st.rolls, "{st:?}");
+    let names = storage.read_dir(std::path::Path::new("/s/segments")).unwrap();
+    assert!(!names.iter().any(|n| n == SPARE), "{names:?}");
+    log.sync().unwrap();
+    let expected: Vec<_> = (0..i).map(payload).collect();
+    assert_eq!(read_all(&log), expected);
+}
