@@ -37,6 +37,9 @@ pub(crate) struct WriterState {
     /// Every byte of the active segment before this offset has been written at least once
     /// (records or the zeros of `Options::zero_ahead_bytes`).
     pub zeroed_to: u64,
+    /// Bytes of the active segment from here to `write_pos` are written but not yet handed
+    /// to the kernel's write-back (`Options::writeback_bytes`).
+    writeback_from: u64,
     /// The seq the next record gets.
     pub next_seq: u64,
     /// The timestamp of the last frame written: frame times never go back, even when the
@@ -68,6 +71,7 @@ impl WriterState {
             write_pos,
             synced_pos: write_pos,
             zeroed_to: write_pos,
+            writeback_from: write_pos,
             next_seq,
             last_timestamp_us,
             tail_is_close: false,
@@ -498,6 +502,9 @@ impl Inner {
                 self.discard_unsynced(ws, ws.write_pos);
                 return Err(e);
             }
+            if !sync {
+                self.start_writeback(ws);
+            }
             ws.active.readable_end.store(ws.write_pos, Ordering::Release);
             self.committer.written.store(ws.next_seq, Ordering::Release);
             if !ws.spare_requested && ws.write_pos >= self.opts.segment_bytes / 2 {
@@ -511,6 +518,22 @@ impl Inner {
             self.sync_active(ws)?;
         }
         Ok(())
+    }
+
+    /// Hands the written, unsynced bytes of the active segment to the kernel's write-back
+    /// once there are `writeback_bytes` of them (`StorageFile::start_writeback`), so that the
+    /// device works while appends go on and the next sync (a roll's, the flusher's or an
+    /// explicit one) finds little left to wait for. A hint: it makes nothing durable and its
+    /// failure changes nothing (the sync that follows reports any write-back error).
+    fn start_writeback(&self, ws: &mut WriterState) {
+        let from = ws.writeback_from.max(ws.synced_pos);
+        let every = self.opts.writeback_bytes;
+        if every == 0 || ws.write_pos < from.saturating_add(every) {
+            return;
+        }
+        let _ = ws.active.file.start_writeback(from, ws.write_pos - from);
+        self.stats.writeback_hints.fetch_add(1, Ordering::Relaxed);
+        ws.writeback_from = ws.write_pos;
     }
 
     /// Once the writer has passed the zeroed range, zeros the next `zero_ahead_bytes` of the
@@ -675,6 +698,7 @@ impl Inner {
         ws.synced_pos = ws.write_pos;
         // A prepared segment was written whole with zeros: nothing left to zero ahead.
         ws.zeroed_to = if zeroed { self.opts.segment_bytes } else { ws.write_pos };
+        ws.writeback_from = ws.write_pos;
         ws.spare_requested = false;
         self.stats.rolls.fetch_add(1, Ordering::Relaxed);
         Ok(())

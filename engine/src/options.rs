@@ -72,6 +72,13 @@ pub struct Options {
     /// ([`Options::zeroing_pays`]), and only on storage where zeroing pays
     /// ([`crate::fs::Storage::zero_fill_pays`]: the real file system). Default true.
     pub prepare_segments: bool,
+    /// Under `Durability::Batched` and `None`, once this many bytes of the active segment
+    /// are written and not yet synced, the writer asks the kernel to start writing them back
+    /// (`sync_file_range` on Linux) without waiting, in the manner of RocksDB's
+    /// `bytes_per_sync`: the device works while appends go on, and the next sync (a roll's,
+    /// the flusher's, an explicit one) has little left to wait for. It makes nothing
+    /// durable; durability still comes only from fdatasync. Default 1 MiB; 0 turns it off.
+    pub writeback_bytes: u64,
 }
 
 impl Options {
@@ -97,6 +104,7 @@ impl Default for Options {
             preallocate: true,
             zero_ahead_bytes: 1 << 20,
             prepare_segments: true,
+            writeback_bytes: 1 << 20,
         }
     }
 }

@@ -15,6 +15,7 @@ pub(crate) struct Stats {
     pub fsync_nanos_max: AtomicU64,
     pub rolls: AtomicU64,
     pub index_rebuilds: AtomicU64,
+    pub writeback_hints: AtomicU64,
 }
 
 impl Stats {
@@ -45,6 +46,7 @@ impl Stats {
             fsync_nanos_max: self.fsync_nanos_max.load(Relaxed),
             rolls: self.rolls.load(Relaxed),
             index_rebuilds: self.index_rebuilds.load(Relaxed),
+            writeback_hints: self.writeback_hints.load(Relaxed),
             prepared_rolls: 0,
             spare_failures: 0,
             spare_ready: false,
@@ -76,6 +78,9 @@ pub struct StatsSnapshot {
     /// Indexes rebuilt from their segment because the file was missing, bad or stale (the
     /// active segment's after a crash included; files are rewritten at close).
     pub index_rebuilds: u64,
+    /// Ranges of written, unsynced bytes handed to the kernel's write-back ahead of a sync
+    /// (`Options::writeback_bytes`; `Durability::Batched` and `None` only).
+    pub writeback_hints: u64,
     /// Rolls whose new segment was a spare prepared ahead (`Options::prepare_segments`):
     /// zero-filled and synced before the roll.
     pub prepared_rolls: u64,

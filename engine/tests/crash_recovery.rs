@@ -402,6 +402,8 @@ fn options(case: &Case, dur: Dur) -> Options {
         // On, as by default; a `SimFs` does not prepare segments unless a test asks it to
         // (`SimFs::set_zero_fill_pays`), which tests/prepared_segments.rs does.
         prepare_segments: true,
+        // Off, every few groups, or the default: the hint changes nothing a crash can see.
+        writeback_bytes: [0, 4096, 1 << 20][(case.seed / 3 % 3) as usize],
     }
 }
 

@@ -52,6 +52,13 @@ pub trait StorageFile: Send + Sync + Debug {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes the file's data (and the size needed to read it) durable: `fdatasync`.
     fn sync_data(&self) -> io::Result<()>;
+    /// Starts writing the `len` bytes at `offset` back to the device without waiting
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on Linux). A hint that makes nothing
+    /// durable: only `sync_data` does. The default does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Current length of the file in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Truncates or extends the file to `len` bytes.
