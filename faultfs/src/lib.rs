@@ -77,7 +77,7 @@ const TTL: Duration = Duration::from_secs(1);
 const ROOT: u64 = 1;
 
 /// What [`Control::power_loss`] dropped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PowerLossReport {
     /// Files that had unsynced writes or length changes.
     pub dirty_files: u64,
@@ -94,6 +94,23 @@ pub struct PowerLossReport {
     /// Files with a durable name that a torn power loss left with some, but not all, of
     /// their unsynced bytes (or with their unsynced length change but not all of the bytes).
     pub torn_files: u64,
+    /// What a torn power loss did to each file with a durable name and unsynced writes.
+    pub files: Vec<TornFile>,
+}
+
+/// What a torn power loss did to one file (see [`PowerLossReport::files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornFile {
+    /// A durable name of the file, relative to the mount.
+    pub path: PathBuf,
+    /// The mode drawn for it.
+    pub mode: TornMode,
+    /// Bytes in its unsynced write ranges (past its current length not counted).
+    pub unsynced_bytes: u64,
+    /// Of those, bytes written to the backing file.
+    pub kept_bytes: u64,
+    /// Whether it got some, but not all, of its unsynced state.
+    pub partly: bool,
 }
 
 /// What a torn power loss ([`Control::power_loss_torn`]) did to one file's unsynced writes.
@@ -199,6 +216,8 @@ struct Inner {
     /// The path (relative to the mount) of the file or directory whose fsync failed on
     /// purpose last.
     injected_at: Option<PathBuf>,
+    /// How long each fsync waits before it syncs (a slow disk).
+    sync_latency: Duration,
     stats: Stats,
 }
 
@@ -234,6 +253,7 @@ impl FaultFs {
             dead: false,
             fail_fsync_in: None,
             injected_at: None,
+            sync_latency: Duration::ZERO,
             stats: Stats::default(),
         };
         let mode = std::fs::metadata(&backing)?.mode() & 0o7777;
@@ -626,6 +646,13 @@ impl Inner {
                 path_counted = true;
                 report.persisted_bytes += kept.bytes;
                 report.torn_files += u64::from(kept.partly);
+                report.files.push(TornFile {
+                    path: self.path_of(*dir).join(name),
+                    mode,
+                    unsynced_bytes: kept.unsynced,
+                    kept_bytes: kept.bytes,
+                    partly: kept.partly,
+                });
             }
         }
         Ok(())
@@ -702,6 +729,8 @@ impl Inner {
 /// What [`torn_image`] kept of a file's unsynced state.
 #[derive(Debug, Default)]
 struct Kept {
+    /// Unsynced bytes (past the current length not counted).
+    unsynced: u64,
     /// Unsynced bytes written.
     bytes: u64,
     /// Whether some, but not all, of the unsynced state was kept.
@@ -783,7 +812,7 @@ fn torn_image(
     }
     let mut image = durable.to_vec();
     image.resize(len as usize, 0);
-    let mut kept = Kept::default();
+    let mut kept = Kept { unsynced: total, ..Kept::default() };
     for (s, e) in pieces {
         let e = e.min(len).min(cur_len);
         if s < e {
@@ -823,6 +852,7 @@ impl Control {
         let mut report = inner.power_loss();
         report.persisted_bytes = kept.persisted_bytes;
         report.torn_files = kept.torn_files;
+        report.files = kept.files;
         persisted.map(|()| report)
     }
 
@@ -841,6 +871,14 @@ impl Control {
     /// on purpose.
     pub fn injected_at(&self) -> Option<PathBuf> {
         lock(&self.inner).injected_at.clone()
+    }
+
+    /// Makes every later fsync (file or directory) wait `latency` before it syncs, as a
+    /// slow disk would, so that a power loss at a random moment usually finds writes in
+    /// flight. The mount serves one request at a time, so other operations wait too. A power
+    /// loss during the wait fails the fsync with `EIO` and makes nothing durable.
+    pub fn set_sync_latency(&self, latency: Duration) {
+        lock(&self.inner).sync_latency = latency;
     }
 
     /// Operation counters so far.
@@ -951,6 +989,17 @@ macro_rules! tri {
             Err(e) => return $reply.error(e),
         }
     };
+}
+
+impl FaultFs {
+    /// Sleeps for the configured sync latency, without holding the state (a power loss may
+    /// happen meanwhile).
+    fn wait_for_sync(&self) {
+        let latency = lock(&self.inner).sync_latency;
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+    }
 }
 
 impl Filesystem for FaultFs {
@@ -1226,6 +1275,7 @@ impl Filesystem for FaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.wait_for_sync();
         let mut inner = lock(&self.inner);
         tri!(reply, inner.check_alive());
         tri!(reply, inner.sync_file(ino.0));
@@ -1277,6 +1327,7 @@ impl Filesystem for FaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.wait_for_sync();
         let mut inner = lock(&self.inner);
         tri!(reply, inner.check_alive());
         tri!(reply, inner.sync_dir(ino.0));
