@@ -29,7 +29,7 @@ use crate::limits::{
 use crate::log::{Cursor, Log, Record};
 use crate::names::{self, SegmentDirEntry};
 use crate::options::Options;
-use crate::segment::{self, FrameError, Source};
+use crate::segment::{self, FrameError, RecordCopier, Source};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -826,6 +826,7 @@ impl Walker<'_> {
         };
         let tag = log_tag(&header.log_id);
         let mut src = Source::file(Arc::clone(&file), len);
+        let mut copier = RecordCopier::default();
         let mut off = SEGMENT_HEADER_BYTES as u64;
         let mut next = base;
         let mut last_close = false;
@@ -861,7 +862,7 @@ impl Walker<'_> {
                             break;
                         }
                     }
-                    self.records_of(&mut src, off, &f, &path)?;
+                    self.records_of(&mut src, &mut copier, off, &f, &path)?;
                     seg.batches.push(BatchInfo {
                         offset: off,
                         seq: f.seq,
@@ -967,9 +968,16 @@ impl Walker<'_> {
     }
 
     /// Decodes every record of a verified batch as an event, if asked to.
+    ///
+    /// Each record is copied out of the file first and checked again in the copy, with the
+    /// copy's own length: what is decoded is exactly what the CRC covered. The batch check
+    /// before read the bytes once already; a file that changed since (another writer
+    /// ignoring `LOCK`, a disk returning a different page on a re-read) fails the check
+    /// here instead of handing on bytes no CRC covered.
     fn records_of(
         &mut self,
         src: &mut Source,
+        copier: &mut RecordCopier,
         off: u64,
         f: &crate::format::Frame,
         path: &Path,
@@ -978,15 +986,15 @@ impl Walker<'_> {
         let body_end = pos + u64::from(f.body_bytes);
         for i in 0..u64::from(f.count) {
             let seq = f.seq + i;
-            let (poff, plen) = segment::record_at(src, pos, body_end, seq, RECORD_BODY_BYTES_MAX)
+            let (payload, next) = copier
+                .record(src, pos, body_end, seq, RECORD_BODY_BYTES_MAX)
                 .map_err(|(o, e)| e.at(path, o))?;
-            pos = poff + u64::from(plen);
-            self.payload_bytes += u64::from(plen);
+            pos = next;
+            self.payload_bytes += payload.len() as u64;
             if !self.opts.decode_events {
                 continue;
             }
-            let payload = src.get(poff, plen as usize).map_err(|e| Error::io("read", path, e))?;
-            let stream_no = match EventBody::decode(payload) {
+            let stream_no = match EventBody::decode(&payload) {
                 Ok(body) => {
                     self.events += 1;
                     let s = self

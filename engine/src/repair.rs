@@ -26,7 +26,7 @@ use crate::limits::{
 };
 use crate::names;
 use crate::options::Options;
-use crate::segment::{self, FrameError, Source};
+use crate::segment::{self, FrameError, RecordCopier, Source};
 
 /// What `repair` may do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -524,7 +524,10 @@ fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 }
 
 /// Probes `[from, to)` of a segment for frames of this store at every aligned offset and
-/// decodes the records that still verify (format-spec.md §7.2 probing).
+/// decodes the records that still verify (format-spec.md §7.2 probing). Each record is
+/// copied out of the file first and checked in the copy, with the copy's own length, so
+/// the streams reported come from bytes the CRC covered, even if the file changes between
+/// two reads of the same record.
 fn decode_loose(
     storage: &dyn Storage,
     path: &Path,
@@ -536,6 +539,7 @@ fn decode_loose(
     let file = storage.open(path, OpenMode::Read).map_err(|e| Error::io("open", path, e))?;
     let len = file.len().map_err(|e| Error::io("stat", path, e))?.min(to);
     let mut src = Source::file(Arc::<dyn StorageFile>::from(file), len);
+    let mut copier = RecordCopier::default();
     let align = FRAME_ALIGN_BYTES as u64;
     let mut pos = align_up(from);
     while pos + FRAME_HEADER_BYTES as u64 <= len {
@@ -554,19 +558,16 @@ fn decode_loose(
                 let body_end = rpos + u64::from(f.body_bytes);
                 for i in 0..u64::from(f.count) {
                     let seq = f.seq + i;
-                    match segment::record_at(&mut src, rpos, body_end, seq, RECORD_BODY_BYTES_MAX) {
-                        Ok((poff, plen)) => {
-                            let payload = src
-                                .get(poff, plen as usize)
-                                .map_err(|e| Error::io("read", path, e))?;
-                            match EventBody::decode(payload) {
+                    match copier.record(&mut src, rpos, body_end, seq, RECORD_BODY_BYTES_MAX) {
+                        Ok((payload, next)) => {
+                            match EventBody::decode(&payload) {
                                 Ok(b) => {
                                     *into.streams.entry(b.stream_id.to_owned()).or_insert(0) += 1
                                 }
                                 Err(_) => into.non_events += 1,
                             }
                             into.decoded_ranges.push((seq, seq + 1));
-                            rpos = poff + u64::from(plen);
+                            rpos = next;
                         }
                         Err(_) => {
                             into.undecodable_records += u64::from(f.count) - i;

@@ -17,8 +17,12 @@
 //!   of its last file sync, or nothing) and fsyncs the backing directory. A rename across
 //!   directories needs both directories synced, each deciding for its own entry.
 //! * Directories themselves are created and removed durably at once (as in the engine's
-//!   `SimFs`); renaming a directory is refused with `EPERM`. Hard links, symlinks and special
-//!   files are refused too.
+//!   `SimFs`). Renaming a directory changes the in-memory tree at once and becomes durable
+//!   when its new parent is fsynced (a directory cannot have two durable names, so the old
+//!   name goes at the same moment; the old parent's fsync alone does not move it). Until
+//!   then its old name is taken in the durable image, so creating a file or directory there,
+//!   or renaming something else to it, fails with `EBUSY`. Hard links, symlinks and special
+//!   files are refused.
 //!
 //! [`Control::power_loss`] is LazyFS's `clear-cache`: it drops the whole unsynced state (every
 //! dirty range, every unsynced directory change) and switches the mount off, so every later
@@ -73,7 +77,7 @@ const TTL: Duration = Duration::from_secs(1);
 const ROOT: u64 = 1;
 
 /// What [`Control::power_loss`] dropped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PowerLossReport {
     /// Files that had unsynced writes or length changes.
     pub dirty_files: u64,
@@ -84,6 +88,71 @@ pub struct PowerLossReport {
     pub unsynced_dir_entries: u64,
     /// Files whose last sync happened while they had no durable name and that never got one.
     pub unnamed_synced_files: u64,
+    /// Unsynced bytes that reached the backing files at a torn power loss
+    /// ([`Control::power_loss_torn`]); 0 for [`Control::power_loss`].
+    pub persisted_bytes: u64,
+    /// Files with a durable name that a torn power loss left with some, but not all, of
+    /// their unsynced bytes (or with their unsynced length change but not all of the bytes).
+    pub torn_files: u64,
+    /// What a torn power loss did to each file with a durable name and unsynced writes.
+    pub files: Vec<TornFile>,
+}
+
+/// What a torn power loss did to one file (see [`PowerLossReport::files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornFile {
+    /// A durable name of the file, relative to the mount.
+    pub path: PathBuf,
+    /// The mode drawn for it.
+    pub mode: TornMode,
+    /// Bytes in its unsynced write ranges (past its current length not counted).
+    pub unsynced_bytes: u64,
+    /// Of those, bytes written to the backing file.
+    pub kept_bytes: u64,
+    /// Whether it got some, but not all, of its unsynced state.
+    pub partly: bool,
+}
+
+/// What a torn power loss ([`Control::power_loss_torn`]) did to one file's unsynced writes.
+/// Only bytes written since the file's last sync can change: durable bytes never do (the
+/// powersafe-overwrite assumption of format-spec.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TornMode {
+    /// None reached the disk: what [`Control::power_loss`] does to every file.
+    Dropped,
+    /// All of them and the file's length did (the page cache was written back just before
+    /// the power went).
+    Kept,
+    /// A prefix in write order, cut at a random byte: the writes before the cut reached
+    /// the disk, the one it falls in partly, the later ones not (LazyFS's `torn-seq`; with
+    /// the cut inside one write, its `torn-op`).
+    Prefix,
+    /// Each aligned block of [`TornWrites::block_bytes`] of the unsynced byte ranges reached
+    /// the disk or not, independently, whatever the write order (out-of-order writeback of
+    /// sectors or pages; LazyFS's `torn-op` with a random `persist` set).
+    Blocks,
+}
+
+/// How [`Control::power_loss_torn`] tears unsynced writes. The outcome is a function of the
+/// seed and of the unsynced state, so a failure replays from the printed seed when the same
+/// writes are pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornWrites {
+    /// Seeds the choices.
+    pub seed: u64,
+    /// Size of the aligned blocks of [`TornMode::Blocks`] (512 models sector atomicity,
+    /// 4096 pages; 1 tears anywhere). Values below 1 count as 1.
+    pub block_bytes: u64,
+    /// The modes each file draws from, uniformly (an empty list means [`TornMode::Dropped`]).
+    pub modes: Vec<TornMode>,
+}
+
+impl TornWrites {
+    /// Every mode, 512-byte blocks.
+    pub fn new(seed: u64) -> TornWrites {
+        let modes = vec![TornMode::Dropped, TornMode::Kept, TornMode::Prefix, TornMode::Blocks];
+        TornWrites { seed, block_bytes: 512, modes }
+    }
 }
 
 /// Counters of the operations the mount served.
@@ -147,6 +216,8 @@ struct Inner {
     /// The path (relative to the mount) of the file or directory whose fsync failed on
     /// purpose last.
     injected_at: Option<PathBuf>,
+    /// How long each fsync waits before it syncs (a slow disk).
+    sync_latency: Duration,
     stats: Stats,
 }
 
@@ -182,6 +253,7 @@ impl FaultFs {
             dead: false,
             fail_fsync_in: None,
             injected_at: None,
+            sync_latency: Duration::ZERO,
             stats: Stats::default(),
         };
         let mode = std::fs::metadata(&backing)?.mode() & 0o7777;
@@ -341,6 +413,17 @@ impl Inner {
         }
     }
 
+    /// Whether the backing path of `name` in `dir` belongs to a directory other than
+    /// `except`: a directory renamed away whose rename is not durable yet keeps its old
+    /// backing path, so the name cannot get a new durable entry until then.
+    fn slot_held(&self, dir: u64, name: &OsStr, except: &[u64]) -> Result<bool, Errno> {
+        let path = self.backing_path(dir, name)?;
+        Ok(self.nodes.iter().any(|(ino, n)| match n {
+            Node::Dir(d) => d.backing == path && !except.contains(ino),
+            Node::File(_) => false,
+        }))
+    }
+
     fn backing_path(&self, dir: u64, name: &OsStr) -> Result<PathBuf, Errno> {
         Ok(self.dir(dir)?.backing.join(name))
     }
@@ -420,10 +503,20 @@ impl Inner {
             .filter(|(name, ino)| d.durable.get(*name) != Some(ino))
             .map(|(n, i)| (n.clone(), *i))
             .collect();
-        if removed.is_empty() && added.is_empty() {
+        let backing = d.backing.clone();
+        // Directories renamed into this one whose backing directory is still elsewhere.
+        let moved_in: Vec<(OsString, u64)> = d
+            .entries
+            .iter()
+            .filter(|(name, ino)| match self.nodes.get(ino) {
+                Some(Node::Dir(c)) => c.backing != backing.join(name),
+                _ => false,
+            })
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        if removed.is_empty() && added.is_empty() && moved_in.is_empty() {
             return Ok(());
         }
-        let backing = d.backing.clone();
         // Every involved file's durable content, read before any backing file changes.
         let mut content: HashMap<u64, Vec<u8>> = HashMap::new();
         for (_, ino) in removed.iter().chain(&added) {
@@ -459,6 +552,25 @@ impl Inner {
             f.durable_links.insert((dir, name.clone()));
             f.staged = None;
         }
+        // After the removals, which may have freed the names (renames at creation check
+        // that no other directory's backing holds them).
+        for (name, ino) in &moved_in {
+            let to = backing.join(name);
+            let from = self.dir(*ino)?.backing.clone();
+            std::fs::rename(&from, &to).map_err(|e| errno(&e))?;
+            if let Some(old_parent) = from.parent() {
+                File::open(old_parent).and_then(|f| f.sync_all()).map_err(|e| errno(&e))?;
+            }
+            // The directory and everything under it now lives at the new path.
+            for node in self.nodes.values_mut() {
+                if let Node::Dir(c) = node
+                    && let Ok(rest) = c.backing.strip_prefix(&from)
+                {
+                    c.backing =
+                        if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
+                }
+            }
+        }
         File::open(&backing).and_then(|f| f.sync_all()).map_err(|e| errno(&e))?;
         self.dir_mut(dir)?.durable = current;
         Ok(())
@@ -485,13 +597,65 @@ impl Inner {
                         .collect();
                     let changed = files.iter().filter(|(n, i)| d.durable.get(**n) != Some(i));
                     let gone = d.durable.keys().filter(|n| !files.contains_key(n));
-                    report.unsynced_dir_entries += (changed.count() + gone.count()) as u64;
+                    let moved_in = d.entries.iter().filter(|(n, i)| match self.nodes.get(i) {
+                        Some(Node::Dir(c)) => c.backing != d.backing.join(n),
+                        _ => false,
+                    });
+                    report.unsynced_dir_entries +=
+                        (changed.count() + gone.count() + moved_in.count()) as u64;
                 }
             }
         }
         self.dead = true;
         self.nodes.clear();
         report
+    }
+
+    /// Writes what `torn` lets survive of each named file's unsynced writes to its backing
+    /// files, before [`Inner::power_loss`] drops the rest. Files are visited in inode order,
+    /// so the seed decides the outcome for a given unsynced state.
+    fn persist_torn(&self, torn: &TornWrites, report: &mut PowerLossReport) -> io::Result<()> {
+        let mut rng = fastrand::Rng::with_seed(torn.seed);
+        let mut inos: Vec<u64> = self.nodes.keys().copied().collect();
+        inos.sort_unstable();
+        for ino in inos {
+            let Some(Node::File(f)) = self.nodes.get(&ino) else { continue };
+            if f.durable_links.is_empty() || (f.dirty.is_empty() && !f.len_dirty) {
+                continue;
+            }
+            let mode = match torn.modes.len() {
+                0 => TornMode::Dropped,
+                n => torn.modes[rng.usize(0..n)],
+            };
+            // Every durable name holds the same content: the same draws for each.
+            let start = rng.clone();
+            let mut path_counted = false;
+            for (dir, name) in &f.durable_links {
+                let path = self.backing_path(*dir, name).map_err(errno_to_io)?;
+                rng = start.clone();
+                let durable = std::fs::read(&path)?;
+                let (image, kept) = torn_image(&durable, f, mode, torn.block_bytes, &mut rng);
+                if image != durable {
+                    let file = OpenOptions::new().write(true).truncate(true).open(&path)?;
+                    file.write_all_at(&image, 0)?;
+                    file.sync_data()?;
+                }
+                if path_counted {
+                    continue;
+                }
+                path_counted = true;
+                report.persisted_bytes += kept.bytes;
+                report.torn_files += u64::from(kept.partly);
+                report.files.push(TornFile {
+                    path: self.path_of(*dir).join(name),
+                    mode,
+                    unsynced_bytes: kept.unsynced,
+                    kept_bytes: kept.bytes,
+                    partly: kept.partly,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn insert_file(&mut self, parent: u64, name: &OsStr, mode: u32) -> Result<u64, Errno> {
@@ -562,6 +726,105 @@ impl Inner {
     }
 }
 
+/// What [`torn_image`] kept of a file's unsynced state.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Unsynced bytes (past the current length not counted).
+    unsynced: u64,
+    /// Unsynced bytes written.
+    bytes: u64,
+    /// Whether some, but not all, of the unsynced state was kept.
+    partly: bool,
+}
+
+/// The content a file's backing file has after a torn power loss: `durable` with the parts of
+/// `f`'s unsynced byte ranges that `mode` keeps copied in from its current image. A kept byte
+/// range past the durable length extends the file (zeros before it, as a write past the end
+/// does); the length change itself (growth or truncation) is kept with [`TornMode::Kept`],
+/// never with [`TornMode::Dropped`], and by a coin flip otherwise.
+fn torn_image(
+    durable: &[u8],
+    f: &FileNode,
+    mode: TornMode,
+    block_bytes: u64,
+    rng: &mut fastrand::Rng,
+) -> (Vec<u8>, Kept) {
+    let cur = &f.data;
+    let cur_len = cur.len() as u64;
+    let total: u64 = f.dirty.iter().map(|&(s, e)| e.min(cur_len).saturating_sub(s)).sum();
+    let pieces: Vec<(u64, u64)> = match mode {
+        TornMode::Dropped => Vec::new(),
+        TornMode::Kept => f.dirty.clone(),
+        TornMode::Prefix => {
+            // Bytes in write order up to the cut (overlapping writes count each time).
+            let mut left = rng.u64(0..=total);
+            let mut out = Vec::new();
+            for &(s, e) in &f.dirty {
+                let e = e.min(cur_len);
+                if s >= e {
+                    continue;
+                }
+                let n = (e - s).min(left);
+                if n == 0 {
+                    break;
+                }
+                out.push((s, s + n));
+                left -= n;
+            }
+            out
+        }
+        TornMode::Blocks => {
+            let block = block_bytes.max(1);
+            let mut ranges: Vec<(u64, u64)> =
+                f.dirty.iter().map(|&(s, e)| (s, e.min(cur_len))).filter(|(s, e)| s < e).collect();
+            ranges.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::new();
+            for (s, e) in ranges {
+                match merged.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                    _ => merged.push((s, e)),
+                }
+            }
+            let mut out = Vec::new();
+            for (s, e) in merged {
+                let mut at = s;
+                while at < e {
+                    let end = ((at / block + 1) * block).min(e);
+                    if rng.bool() {
+                        out.push((at, end));
+                    }
+                    at = end;
+                }
+            }
+            out
+        }
+    };
+    let len_kept = match mode {
+        TornMode::Dropped => false,
+        TornMode::Kept => true,
+        TornMode::Prefix | TornMode::Blocks => f.len_dirty && rng.bool(),
+    };
+    let mut len = if len_kept { cur_len } else { durable.len() as u64 };
+    for &(s, e) in &pieces {
+        if s < e && e <= cur_len {
+            len = len.max(e);
+        }
+    }
+    let mut image = durable.to_vec();
+    image.resize(len as usize, 0);
+    let mut kept = Kept { unsynced: total, ..Kept::default() };
+    for (s, e) in pieces {
+        let e = e.min(len).min(cur_len);
+        if s < e {
+            image[s as usize..e as usize].copy_from_slice(&cur[s as usize..e as usize]);
+            kept.bytes += e - s;
+        }
+    }
+    let all = kept.bytes >= total && (len_kept || !f.len_dirty);
+    kept.partly = (kept.bytes > 0 || len_kept) && !all;
+    (image, kept)
+}
+
 fn errno_to_io(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e.code())
 }
@@ -572,6 +835,25 @@ impl Control {
     /// The backing directory then holds exactly what survived.
     pub fn power_loss(&self) -> PowerLossReport {
         lock(&self.inner).power_loss()
+    }
+
+    /// Simulates power loss with torn writes: like [`Control::power_loss`], except that each
+    /// file with a durable name first keeps a part of its unsynced writes, as `torn` draws
+    /// it (see [`TornMode`]); unsynced directory changes are dropped as before. The mount is
+    /// off afterwards even if writing a backing file failed (the error is returned then, and
+    /// the backing directory may hold only some of the kept writes).
+    pub fn power_loss_torn(&self, torn: &TornWrites) -> io::Result<PowerLossReport> {
+        let mut inner = lock(&self.inner);
+        if inner.dead {
+            return Ok(PowerLossReport::default());
+        }
+        let mut kept = PowerLossReport::default();
+        let persisted = inner.persist_torn(torn, &mut kept);
+        let mut report = inner.power_loss();
+        report.persisted_bytes = kept.persisted_bytes;
+        report.torn_files = kept.torn_files;
+        report.files = kept.files;
+        persisted.map(|()| report)
     }
 
     /// Makes the fsync `n` fsyncs from now (0 = the next one; file and directory fsyncs
@@ -589,6 +871,14 @@ impl Control {
     /// on purpose.
     pub fn injected_at(&self) -> Option<PathBuf> {
         lock(&self.inner).injected_at.clone()
+    }
+
+    /// Makes every later fsync (file or directory) wait `latency` before it syncs, as a
+    /// slow disk would, so that a power loss at a random moment usually finds writes in
+    /// flight. The mount serves one request at a time, so other operations wait too. A power
+    /// loss during the wait fails the fsync with `EIO` and makes nothing durable.
+    pub fn set_sync_latency(&self, latency: Duration) {
+        lock(&self.inner).sync_latency = latency;
     }
 
     /// Operation counters so far.
@@ -701,6 +991,17 @@ macro_rules! tri {
     };
 }
 
+impl FaultFs {
+    /// Sleeps for the configured sync latency, without holding the state (a power loss may
+    /// happen meanwhile).
+    fn wait_for_sync(&self) {
+        let latency = lock(&self.inner).sync_latency;
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+    }
+}
+
 impl Filesystem for FaultFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let inner = lock(&self.inner);
@@ -771,6 +1072,9 @@ impl Filesystem for FaultFs {
         if d.entries.contains_key(name) {
             return reply.error(Errno::EEXIST);
         }
+        if tri!(reply, inner.slot_held(parent.0, name, &[])) {
+            return reply.error(Errno::EBUSY);
+        }
         let path = d.backing.join(name);
         let parent_backing = d.backing.clone();
         let mode = mode & !umask & 0o7777;
@@ -816,7 +1120,9 @@ impl Filesystem for FaultFs {
             return reply.error(Errno::ENOTEMPTY);
         }
         let path = d.backing.clone();
-        let parent_backing = tri!(reply, inner.dir(parent.0)).backing.clone();
+        // Where the directory durably is: its parent's backing directory, or the old one if
+        // a rename of it is not durable yet.
+        let parent_backing = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let removed =
             std::fs::remove_dir(&path).and_then(|()| File::open(&parent_backing)?.sync_all());
         tri!(reply, removed.map_err(|e| errno(&e)));
@@ -846,25 +1152,61 @@ impl Filesystem for FaultFs {
             reply,
             inner.dir(parent.0).and_then(|d| d.entries.get(name).copied().ok_or(Errno::ENOENT))
         );
-        if matches!(inner.nodes.get(&ino), Some(Node::Dir(_))) {
-            return reply.error(Errno::EPERM);
-        }
+        let is_dir = matches!(inner.nodes.get(&ino), Some(Node::Dir(_)));
         let target = tri!(reply, inner.dir(newparent.0)).entries.get(newname).copied();
+        let target_dir = target.filter(|t| matches!(inner.nodes.get(t), Some(Node::Dir(_))));
         match target {
             Some(t) if t == ino => return reply.ok(),
             Some(_) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
                 return reply.error(Errno::EEXIST);
             }
-            Some(t) if matches!(inner.nodes.get(&t), Some(Node::Dir(_))) => {
-                return reply.error(Errno::EISDIR);
+            Some(_) if target_dir.is_some() && !is_dir => return reply.error(Errno::EISDIR),
+            Some(_) if target_dir.is_none() && is_dir => return reply.error(Errno::ENOTDIR),
+            _ => {}
+        }
+        if is_dir {
+            // Not into itself or below itself.
+            let mut at = newparent.0;
+            loop {
+                if at == ino {
+                    return reply.error(Errno::EINVAL);
+                }
+                if at == ROOT {
+                    break;
+                }
+                at = tri!(reply, inner.dir(at)).parent;
             }
-            Some(_) => {
+        }
+        let except: Vec<u64> = [ino].into_iter().chain(target_dir).collect();
+        if tri!(reply, inner.slot_held(newparent.0, newname, &except)) {
+            return reply.error(Errno::EBUSY);
+        }
+        match (target, target_dir) {
+            (Some(_), Some(t)) => {
+                // An empty directory is replaced; like `rmdir`, its removal is durable at
+                // once.
+                let d = tri!(reply, inner.dir(t));
+                if !d.entries.is_empty() || !d.durable.is_empty() {
+                    return reply.error(Errno::ENOTEMPTY);
+                }
+                let path = d.backing.clone();
+                let parent_backing = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let removed = std::fs::remove_dir(&path)
+                    .and_then(|()| File::open(&parent_backing)?.sync_all());
+                tri!(reply, removed.map_err(|e| errno(&e)));
+                tri!(reply, inner.dir_mut(newparent.0)).entries.remove(newname);
+                inner.nodes.remove(&t);
+            }
+            (Some(_), None) => {
                 tri!(reply, inner.unlink_entry(newparent.0, newname));
             }
-            None => {}
+            (None, _) => {}
         }
         tri!(reply, inner.dir_mut(parent.0)).entries.remove(name);
         tri!(reply, inner.dir_mut(newparent.0)).entries.insert(newname.to_owned(), ino);
+        if is_dir {
+            tri!(reply, inner.dir_mut(ino)).parent = newparent.0;
+        }
         reply.ok();
     }
 
@@ -933,6 +1275,7 @@ impl Filesystem for FaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.wait_for_sync();
         let mut inner = lock(&self.inner);
         tri!(reply, inner.check_alive());
         tri!(reply, inner.sync_file(ino.0));
@@ -984,6 +1327,7 @@ impl Filesystem for FaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.wait_for_sync();
         let mut inner = lock(&self.inner);
         tri!(reply, inner.check_alive());
         tri!(reply, inner.sync_dir(ino.0));
@@ -1006,6 +1350,9 @@ impl Filesystem for FaultFs {
         let ino = match existing {
             Some(_) if flags & libc::O_EXCL != 0 => return reply.error(Errno::EEXIST),
             Some(ino) => ino,
+            None if tri!(reply, inner.slot_held(parent.0, name, &[])) => {
+                return reply.error(Errno::EBUSY);
+            }
             None => tri!(reply, inner.insert_file(parent.0, name, mode & !umask)),
         };
         if flags & libc::O_TRUNC != 0 {
@@ -1013,5 +1360,77 @@ impl Filesystem for FaultFs {
         }
         let attr = tri!(reply, inner.attr(ino));
         reply.created(&TTL, &attr, Generation(0), FileHandle(0), FopenFlags::empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `torn_image` after random writes and truncations: durable bytes outside the unsynced
+    /// ranges never change, an unsynced byte is its durable or its current value (or zero
+    /// where neither exists), and `Dropped`/`Kept` give the durable/current image exactly.
+    #[test]
+    fn torn_images_keep_only_unsynced_bytes() {
+        for seed in 0..2000u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let durable: Vec<u8> = (0..rng.usize(0..3000)).map(|_| rng.u8(1..)).collect();
+            let mut inner = Inner {
+                nodes: HashMap::new(),
+                next_ino: 3,
+                dead: false,
+                fail_fsync_in: None,
+                injected_at: None,
+                sync_latency: Duration::ZERO,
+                stats: Stats::default(),
+            };
+            let node = FileNode {
+                data: durable.clone(),
+                dirty: Vec::new(),
+                len_dirty: false,
+                durable_links: BTreeSet::new(),
+                staged: None,
+                links: 1,
+                mode: 0o600,
+                mtime: SystemTime::UNIX_EPOCH,
+            };
+            inner.nodes.insert(2, Node::File(node));
+            for _ in 0..rng.usize(0..6) {
+                if rng.u8(0..4) == 0 {
+                    inner.set_len(2, rng.u64(0..4000)).unwrap();
+                } else {
+                    let data: Vec<u8> = (0..rng.usize(1..1500)).map(|_| rng.u8(1..)).collect();
+                    inner.write(2, rng.u64(0..3500), &data).unwrap();
+                }
+            }
+            let Some(Node::File(f)) = inner.nodes.get(&2) else { unreachable!() };
+            let dirty = |i: u64| f.dirty.iter().any(|&(s, e)| s <= i && i < e);
+            for mode in [TornMode::Dropped, TornMode::Kept, TornMode::Prefix, TornMode::Blocks] {
+                let block = [1, 512, 4096][rng.usize(0..3)];
+                let (image, kept) = torn_image(&durable, f, mode, block, &mut rng);
+                let ctx = format!("seed {seed} {mode:?} block {block}: {:?}", f.dirty);
+                match mode {
+                    TornMode::Dropped => assert!(image == durable, "{ctx}"),
+                    TornMode::Kept => assert!(image == f.data, "{ctx}"),
+                    _ => {}
+                }
+                // The durable or current length, or the end of a kept write past the durable
+                // end (a torn append extends the file as far as it got).
+                let n = image.len();
+                let len_ok = [durable.len(), f.data.len()].contains(&n)
+                    || (durable.len() < n && n <= f.data.len() && dirty(n as u64 - 1));
+                assert!(len_ok, "{ctx}: length {}", image.len());
+                for (i, &b) in image.iter().enumerate() {
+                    let old = durable.get(i).copied().unwrap_or(0);
+                    let new = f.data.get(i).copied().unwrap_or(0);
+                    if dirty(i as u64) {
+                        assert!(b == old || b == new, "{ctx}: byte {i}");
+                    } else {
+                        assert_eq!(b, old, "{ctx}: durable byte {i} changed");
+                    }
+                }
+                assert!(kept.bytes <= kept.unsynced || mode == TornMode::Kept, "{ctx}");
+            }
+        }
     }
 }
