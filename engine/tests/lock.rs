@@ -183,3 +183,23 @@ fn child_holds_the_store() {
         std::thread::park();
     }
 }
+
+/// `LOCK` holds the holder's pid at a fixed width, rewritten in place at each open (so that a
+/// reopen does not truncate the file: a truncate waits on the file system's journal), and a
+/// file of any other length (an older format, junk) is cut to the pid line.
+#[test]
+fn lock_file_names_the_holder_at_a_fixed_width() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let expected = format!("{:<10}\n", std::process::id());
+    Log::open(&dir, opts()).unwrap().close().unwrap();
+    let lock = dir.join("LOCK");
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), expected);
+    let inode = std::fs::metadata(&lock).unwrap().ino();
+    for junk in ["1\n", "another holder's much longer line, left over\n", "9999999999\n"] {
+        std::fs::write(&lock, junk).unwrap();
+        Log::open(&dir, opts()).unwrap().close().unwrap();
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), expected, "after {junk:?}");
+        assert_eq!(std::fs::metadata(&lock).unwrap().ino(), inode, "the same file");
+    }
+}

@@ -1,7 +1,7 @@
 //! The real file system, through `std::fs` and `rustix`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -173,7 +173,7 @@ impl Storage for StdFs {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -186,12 +186,21 @@ impl Storage for StdFs {
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        // The pid is for people reading the file; the kernel's flock is the lock.
-        file.set_len(0)?;
-        let _ = writeln!(file, "{}", std::process::id());
+        // The pid is for people reading the file; the kernel's flock is the lock. It is
+        // written at a fixed width, so that a reopen overwrites it in place: cutting the file
+        // first (a truncate frees a block, a journal commit on ext4) made every clean open
+        // wait behind other processes' I/O.
+        let line = format!("{:<width$}\n", std::process::id(), width = LOCK_PID_WIDTH);
+        if file.metadata().map(|m| m.len()).ok() != Some(line.len() as u64) {
+            file.set_len(0)?;
+        }
+        let _ = file.write_all_at(line.as_bytes(), 0);
         Ok(Some(Box::new(FileLock(file))))
     }
 }
+
+/// Width of the pid in `LOCK` (padded with spaces; a u32 has at most 10 digits).
+const LOCK_PID_WIDTH: usize = 10;
 
 fn libc_o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
