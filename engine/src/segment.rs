@@ -340,6 +340,9 @@ pub(crate) fn read_record(
 /// Small enough that a record is checked while its copy is still in the CPU's cache.
 const COPY_CHUNK_BYTES: usize = 64 << 10;
 
+/// Size of the allocations chunks are carved from.
+const COPY_BUFFER_BYTES: usize = 4 * COPY_CHUNK_BYTES;
+
 /// Private copies of the records a cursor hands out, taken out of a source before they are
 /// checked, so that a payload is a slice of bytes whose CRC was checked and that nothing else
 /// can change (not a view of a memory map that another writer or the disk could change).
@@ -476,7 +479,15 @@ impl RecordCopier {
         self.chunk = bytes::Bytes::new();
         self.run_start = 0;
         self.run_end = 0;
-        self.spare.reserve(n.max(COPY_CHUNK_BYTES * 4));
+        // Chunks are carved one after another out of one allocation of at least
+        // `COPY_BUFFER_BYTES`; a new one is made only when the rest cannot hold this chunk
+        // (and `reserve` takes the old one back when no payload of it is held any more).
+        // Asking `reserve` for a whole buffer at every refill would allocate one per chunk
+        // while payloads are held: a caller keeping single-record batches would pin a
+        // buffer per record.
+        if self.spare.capacity() - self.spare.len() < n {
+            self.spare.reserve(n.max(COPY_BUFFER_BYTES));
+        }
         self.spare.extend_from_slice(data);
         self.chunk = self.spare.split().freeze();
         self.start = pos;
@@ -892,6 +903,41 @@ mod tests {
         }
         // Past the body's records there is nothing verified.
         assert!(c.verified(body_end, 30).is_none());
+    }
+
+    /// Payloads a caller keeps share the copier's buffers: a run of single-record batches
+    /// is carved out of one allocation after another, not one allocation per record.
+    #[test]
+    fn kept_payloads_of_small_batches_share_allocations() {
+        let mut buf = Vec::new();
+        let mut recs = Vec::new();
+        for i in 0..4000u64 {
+            let off = buf.len() as u64;
+            let at = Placement {
+                seq: i,
+                file_offset: off,
+                synced_through: 0,
+                log_tag: 7,
+                timestamp_us: 1,
+            };
+            let p = vec![(i % 251) as u8; 200];
+            encode_batch(&mut buf, at, &[&p]);
+            recs.push((off + FRAME_HEADER_BYTES as u64, off + FRAME_HEADER_BYTES as u64 + 216, p));
+        }
+        let mut src = Source::Mapped(bytes::Bytes::from(buf));
+        let mut c = RecordCopier::default();
+        let mut kept = Vec::new();
+        for (i, (pos, body_end, p)) in recs.iter().enumerate() {
+            let (got, _) = c.record(&mut src, *pos, *body_end, i as u64, u32::MAX).unwrap();
+            assert_eq!(&got[..], &p[..]);
+            kept.push(got);
+        }
+        // 4000 chunks of 216 bytes fill about 3.3 buffers of 256 KiB.
+        let fresh = kept
+            .windows(2)
+            .filter(|w| w[1].as_ptr() != w[0].as_ptr().wrapping_add(w[0].len() + 16))
+            .count();
+        assert!(fresh <= 4, "{fresh} fresh allocations for 4000 kept records");
     }
 
     #[test]
