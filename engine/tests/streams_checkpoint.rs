@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+use annal::format::{CheckpointDirectory, CheckpointHeader, SeqBlock, StreamCheckpoint, encode_v2};
 use annal::fs::{SimFs, Storage};
-use annal::{CheckpointState, Direction, ExpectedVersion, NewEvent, Options, Store, StoreOptions};
+use annal::{
+    CheckpointState, Direction, Error, ExpectedVersion, NewEvent, Options, Store, StoreOptions,
+};
 
 fn opts() -> StoreOptions {
     StoreOptions {
@@ -56,10 +59,14 @@ fn loaded_checkpoint_equals_full_rebuild_and_damage_is_detected() {
     let ckpt = "/s/streams.ckpt";
     let good = sim.durable_bytes(ckpt).unwrap();
     for (what, bytes) in [
-        ("flipped", {
+        ("flipped header", {
             let mut b = good.clone();
-            let mid = b.len() / 2;
-            b[mid] ^= 0x10;
+            b[33] ^= 0x10;
+            b
+        }),
+        ("flipped directory", {
+            let mut b = good.clone();
+            b[64 + 3] ^= 0x10;
             b
         }),
         ("truncated", good[..good.len() - 3].to_vec()),
@@ -161,4 +168,173 @@ fn background_checkpoint_after_rolls_shortens_replay_after_a_crash() {
     assert!(covered_seq > 0);
     assert_eq!(store.recovery().replayed_events, 300 - covered_seq);
     assert_eq!(observe(&store), expected);
+}
+
+/// The directory of the version 2 checkpoint `bytes`.
+fn directory(bytes: &[u8]) -> CheckpointDirectory {
+    let h = CheckpointHeader::decode(bytes).unwrap();
+    assert_eq!(h.version, 2);
+    let dir = &bytes[64..64 + h.body_bytes as usize];
+    CheckpointDirectory::decode(&h, dir, bytes.len() as u64, u64::MAX).unwrap()
+}
+
+/// A store of 400 events over 13 streams, closed, and what a full rebuild observes.
+fn closed_store(sim: &SimFs) -> Vec<String> {
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    fill(&store, 0, 400);
+    let seen = observe(&store);
+    store.close().unwrap();
+    seen
+}
+
+#[test]
+fn a_damaged_block_found_after_the_open_is_rebuilt_from_the_log() {
+    let sim = SimFs::new(21);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let full = closed_store(&sim);
+    let ckpt = "/s/streams.ckpt";
+    let dir = directory(&sim.durable_bytes(ckpt).unwrap());
+    assert_eq!(dir.streams.len(), 13);
+    // One stream's block, then every block: each flipped after the open, when the open has
+    // read only the header and the directory.
+    let every: Vec<String> = (0..13).map(|i| format!("cat-{i}")).collect();
+    for victims in [vec!["cat-5".to_string()], every] {
+        let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+        assert_eq!(store.recovery().checkpoint, CheckpointState::Loaded { covered_seq: 400 });
+        for v in &victims {
+            let s = dir.streams.iter().find(|s| s.id == *v).unwrap();
+            sim.flip_bit(ckpt, s.block.offset + s.block.bytes / 2, 3).unwrap();
+        }
+        assert_eq!(observe(&store), full, "victims {victims:?}");
+        // The checkpoint written now carries the rebuilt seqs, not the damage.
+        store.checkpoint().unwrap();
+        let again = StreamCheckpoint::decode(&sim.current_bytes(ckpt).unwrap()).unwrap();
+        assert_eq!(again.streams.iter().map(|s| s.seqs.len()).sum::<usize>(), 400);
+        drop(store);
+        let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+        assert!(matches!(store.recovery().checkpoint, CheckpointState::Loaded { .. }));
+        assert_eq!(observe(&store), full);
+        drop(store);
+    }
+}
+
+#[test]
+fn a_block_the_log_contradicts_fails_with_a_typed_error_not_wrong_data() {
+    let sim = SimFs::new(22);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    closed_store(&sim);
+    let ckpt = "/s/streams.ckpt";
+    let good = sim.durable_bytes(ckpt).unwrap();
+    let whole = StreamCheckpoint::decode(&good).unwrap();
+    // The directory says cat-5 has one event fewer than its block and the log hold: the
+    // block fails its decode, the log scan finds the true count, and they disagree.
+    let mut blocks: Vec<(&str, SeqBlock<'_>)> =
+        whole.streams.iter().map(|s| (s.id.as_str(), SeqBlock::Seqs(&s.seqs))).collect();
+    let dir = directory(&good);
+    let victim = dir.streams.iter().position(|s| s.id == "cat-5").unwrap();
+    let s = &dir.streams[victim];
+    let raw = good[s.block.offset as usize..(s.block.offset + s.block.bytes) as usize].to_vec();
+    blocks[victim].1 =
+        SeqBlock::Encoded { seq_count: s.seq_count - 1, bytes: raw, crc: s.block.crc };
+    sim.write_file_raw(ckpt, &encode_v2(whole.log_id, whole.covered_seq, &blocks, &[])).unwrap();
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    assert!(matches!(store.recovery().checkpoint, CheckpointState::Loaded { .. }));
+    let err = store.read_stream("cat-5", 0, Direction::Forward, usize::MAX).unwrap_err();
+    assert!(matches!(&err, Error::CheckpointMismatch { stream, .. } if stream == "cat-5"), "{err}");
+    assert!(store.read_category("cat", 0, usize::MAX).is_err());
+    // The other streams are served, and right.
+    let ok = store.read_stream("cat-4", 0, Direction::Forward, usize::MAX).unwrap();
+    assert_eq!(
+        ok.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        whole.streams.iter().find(|s| s.id == "cat-4").unwrap().seqs
+    );
+}
+
+#[test]
+fn a_damaged_id_window_is_rebuilt_from_the_log_and_retries_stay_idempotent() {
+    let sim = SimFs::new(23);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    fill(&store, 0, 380);
+    let id = uuid::Uuid::from_u128(0xfeed);
+    let retry = [NewEvent::new("T", "x").with_id(id)];
+    let first = store.append("cat-3", ExpectedVersion::Any, &retry).unwrap();
+    fill(&store, 381, 19);
+    store.close().unwrap();
+    let ckpt = "/s/streams.ckpt";
+    let dir = directory(&sim.durable_bytes(ckpt).unwrap());
+    assert!(dir.recent_count > 0);
+    for damage in [false, true] {
+        let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+        if damage {
+            sim.flip_bit(ckpt, dir.recent.offset + 5, 0).unwrap();
+        }
+        let again = store.append("cat-3", ExpectedVersion::Any, &retry).unwrap();
+        assert_eq!(again, first, "damage {damage}");
+        assert_eq!(store.log().visible_end(), 400, "the retry wrote nothing");
+        let other = store.append("cat-3", ExpectedVersion::Exact(first.first_version), &retry);
+        assert!(other.is_err(), "a retry at another position is refused");
+        drop(store);
+        if damage {
+            // Put the good bytes back for nothing else: the drop rewrote the checkpoint.
+            assert!(StreamCheckpoint::decode(&sim.current_bytes(ckpt).unwrap()).is_ok());
+        }
+    }
+}
+
+#[test]
+fn a_version_1_checkpoint_still_loads_and_the_next_write_is_version_2() {
+    let sim = SimFs::new(24);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let full = closed_store(&sim);
+    let ckpt = "/s/streams.ckpt";
+    let v1 = StreamCheckpoint::decode(&sim.durable_bytes(ckpt).unwrap()).unwrap().encode_v1();
+    sim.write_file_raw(ckpt, &v1).unwrap();
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    assert_eq!(store.recovery().checkpoint, CheckpointState::Loaded { covered_seq: 400 });
+    assert_eq!(store.recovery().replayed_events, 0);
+    assert_eq!(observe(&store), full);
+    store.close().unwrap();
+    assert_eq!(CheckpointHeader::decode(&sim.durable_bytes(ckpt).unwrap()).unwrap().version, 2);
+    // A damaged version 1 file is rejected whole, as before.
+    let mut bad = v1.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    sim.write_file_raw(ckpt, &bad).unwrap();
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    assert!(matches!(store.recovery().checkpoint, CheckpointState::Rejected { .. }));
+    assert_eq!(observe(&store), full);
+}
+
+#[test]
+fn unread_blocks_are_copied_into_the_next_checkpoint_and_a_clean_reopen_rewrites_nothing() {
+    let sim = SimFs::new(25);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    closed_store(&sim);
+    let ckpt = "/s/streams.ckpt";
+    let before = sim.durable_bytes(ckpt).unwrap();
+    // Open and close without a change: the file is not written again.
+    let writes = sim.write_count();
+    Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap().close().unwrap();
+    assert_eq!(sim.durable_bytes(ckpt).unwrap(), before);
+    assert_eq!(sim.write_count(), writes, "a clean close of an unchanged store wrote");
+    // Append to one stream only and checkpoint with every other stream unread.
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    store.append("cat-1", ExpectedVersion::Any, &[NewEvent::new("T", "more")]).unwrap();
+    store.append("new-1", ExpectedVersion::NoStream, &[NewEvent::new("T", "new")]).unwrap();
+    store.checkpoint().unwrap();
+    let expected = observe(&store);
+    drop(store);
+    let after = sim.current_bytes(ckpt).unwrap();
+    let (old, new) = (directory(&before), directory(&after));
+    for s in new.streams.iter().filter(|s| s.id != "cat-1" && s.id != "new-1") {
+        let o = old.streams.iter().find(|o| o.id == s.id).unwrap();
+        assert_eq!((s.seq_count, s.block.crc), (o.seq_count, o.block.crc), "{}", s.id);
+    }
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    assert_eq!(store.recovery().checkpoint, CheckpointState::Loaded { covered_seq: 402 });
+    assert_eq!(observe(&store), expected);
+    assert_eq!(store.stream_version("cat-1"), Some(31));
+    assert_eq!(store.stream_version("new-1"), Some(0));
 }
