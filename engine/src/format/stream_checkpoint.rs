@@ -315,7 +315,11 @@ pub fn decode_seq_block(
         let (Some(start), Some(end)) = (start, end) else {
             return Err(DecodeError::Inconsistent("checkpoint seqs out of order or range"));
         };
-        seqs.extend(start..end);
+        if len == 1 {
+            seqs.push(start);
+        } else {
+            seqs.extend(start..end);
+        }
         next = end.saturating_add(1);
         if seqs.len() as u64 == count {
             break;
@@ -382,6 +386,8 @@ pub enum SeqBlock<'a> {
 /// Appends the seq block of `seqs` (strictly increasing): maximal runs of consecutive
 /// seqs, each as the LEB128 gap from the previous run's end and the run's length minus 1.
 pub fn encode_seq_block(seqs: &[u64], out: &mut Vec<u8>) {
+    // Interleaved streams take about two bytes a seq: reserve once.
+    out.reserve(seqs.len().saturating_mul(2).min(1 << 24) + 20);
     let mut i = 0;
     let mut next = 0u64;
     while let Some(&start) = seqs.get(i) {
@@ -654,6 +660,10 @@ fn put_u64(out: &mut Vec<u8>, v: u64) {
 
 /// Unsigned LEB128: 7 bits a byte, low first, the high bit set on all but the last byte.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -693,6 +703,13 @@ impl<'a> Reader<'a> {
     /// others is refused, as is a value past `u64::MAX`), so that a block's bytes are a
     /// function of its seqs.
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        // One byte, the common case (gaps and lengths below 128).
+        if let Some((&b, rest)) = self.0.split_first()
+            && b < 0x80
+        {
+            self.0 = rest;
+            return Ok(u64::from(b));
+        }
         let mut v = 0u64;
         for i in 0..10 {
             let b = self.bytes(1)?[0];
