@@ -145,8 +145,11 @@ pub(crate) struct StreamIndex {
     recent_unread: bool,
     recent_max: usize,
     events: u64,
-    /// The version 2 checkpoint the index was loaded from, while parts of it are unread.
+    /// The version 2 checkpoint the index was loaded from, while parts of it are unread
+    /// (dropped, and the file closed, once every block and the id window are read).
     source: Option<Arc<CheckpointSource>>,
+    /// Streams whose block is unread.
+    unread_streams: usize,
     /// The loaded checkpoint's covered seq and event count (0 and `None` without one).
     loaded_covered: u64,
     loaded_events: Option<u64>,
@@ -305,6 +308,8 @@ impl StreamIndex {
         seqs.extend_from_slice(&e.seqs);
         e.seqs = seqs;
         e.lazy = None;
+        self.unread_streams = self.unread_streams.saturating_sub(1);
+        self.release_source();
         let Some(cat) = category_of(stream).and_then(|c| self.categories.get_mut(c)) else {
             return Ok(());
         };
@@ -322,6 +327,13 @@ impl StreamIndex {
             cat.seqs = merged;
         }
         Ok(())
+    }
+
+    /// Closes the checkpoint file once nothing is left to read from it.
+    fn release_source(&mut self) {
+        if self.unread_streams == 0 && !self.recent_unread {
+            self.source = None;
+        }
     }
 
     /// Notes that a part of the loaded checkpoint was rebuilt from the log (the next
@@ -344,6 +356,7 @@ impl StreamIndex {
         let skip = ids.len().saturating_sub(self.recent_max);
         ids.drain(..skip);
         self.pending.ids = ids;
+        self.release_source();
     }
 
     /// Takes an id window rebuilt from the log: the events `(event id, stream, seq)` just
@@ -355,6 +368,7 @@ impl StreamIndex {
         }
         self.recent_unread = false;
         self.repaired = true;
+        self.release_source();
         let covered = self.loaded_covered;
         let mut left: HashMap<&str, u64> = HashMap::default();
         for (_, s, _) in &window {
@@ -589,7 +603,9 @@ impl StreamIndex {
         ix.recent_unread = recent_max > 0 && dir.recent_count > 0;
         ix.loaded_covered = dir.covered_seq;
         ix.loaded_events = Some(dir.events);
+        ix.unread_streams = dir.streams.len();
         ix.source = Some(source);
+        ix.release_source();
         ix
     }
 
