@@ -146,7 +146,8 @@ pub enum Error {
     },
     /// A stream's seqs in the stream-index checkpoint failed their check when first read,
     /// and the log, scanned to rebuild them, does not agree with the checkpoint's directory
-    /// (format-spec.md §12.2): the stream is not served rather than served wrong.
+    /// about a stream appended to since the open, whose versions were counted from the
+    /// directory (format-spec.md §12.2): the stream is not served rather than served wrong.
     #[error("stream {stream:?}: its checkpoint block is damaged and the log disagrees: {reason}")]
     CheckpointMismatch {
         /// The stream.

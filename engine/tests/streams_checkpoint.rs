@@ -240,9 +240,28 @@ fn a_block_the_log_contradicts_fails_with_a_typed_error_not_wrong_data() {
     let raw = good[s.block.offset as usize..(s.block.offset + s.block.bytes) as usize].to_vec();
     blocks[victim].1 =
         SeqBlock::Encoded { seq_count: s.seq_count - 1, bytes: raw, crc: s.block.crc };
-    sim.write_file_raw(ckpt, &encode_v2(whole.log_id, whole.covered_seq, &blocks, &[])).unwrap();
+    let planted = encode_v2(whole.log_id, whole.covered_seq, &blocks, &[]);
+    sim.write_file_raw(ckpt, &planted).unwrap();
+    // Read before any append to it: the log's seqs are the stream's, whatever the directory
+    // said, and the next checkpoint says so.
     let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
     assert!(matches!(store.recovery().checkpoint, CheckpointState::Loaded { .. }));
+    let read = store.read_stream("cat-5", 0, Direction::Forward, usize::MAX).unwrap();
+    let truth = &whole.streams.iter().find(|s| s.id == "cat-5").unwrap().seqs;
+    assert_eq!(&read.iter().map(|e| e.seq).collect::<Vec<_>>(), truth);
+    assert_eq!(store.index_stats().events, 400);
+    store.close().unwrap();
+    let sorted = |mut ck: StreamCheckpoint| {
+        ck.streams.sort_by(|a, b| a.id.cmp(&b.id));
+        ck.streams
+    };
+    let rewritten = StreamCheckpoint::decode(&sim.durable_bytes(ckpt).unwrap()).unwrap();
+    assert_eq!(sorted(rewritten), sorted(whole.clone()));
+    // Appended to first: that append's version came from the directory's count, so the
+    // stream is refused rather than served.
+    sim.write_file_raw(ckpt, &planted).unwrap();
+    let store = Store::open_with(Arc::clone(&storage), "/s", opts()).unwrap();
+    store.append("cat-5", ExpectedVersion::Any, &[NewEvent::new("T", "x")]).unwrap();
     let err = store.read_stream("cat-5", 0, Direction::Forward, usize::MAX).unwrap_err();
     assert!(matches!(&err, Error::CheckpointMismatch { stream, .. } if stream == "cat-5"), "{err}");
     assert!(store.read_category("cat", 0, usize::MAX).is_err());

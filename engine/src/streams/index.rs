@@ -292,17 +292,27 @@ impl StreamIndex {
     }
 
     /// Gives `stream` the seqs of its unread block (read from the checkpoint, or rebuilt
-    /// from the log): they must be as many as the directory said, or nothing changes.
+    /// from the log), all below the loaded covered seq. If they are not as many as the
+    /// directory said (only a log scan can find that), they replace the directory's count
+    /// as long as no event was appended to the stream since the load; once one was, its
+    /// version came from the directory's count, and nothing changes (an error).
     pub(crate) fn install(&mut self, stream: &str, base: Vec<u64>) -> Result<(), String> {
         let covered = self.loaded_covered;
         let Some(e) = self.streams.get_mut(stream) else { return Ok(()) };
         let Some(lazy) = e.lazy else { return Ok(()) };
-        if base.len() as u64 != lazy.count || base.last().is_some_and(|&s| s >= covered) {
+        let found = base.len() as u64;
+        if base.last().is_some_and(|&s| s >= covered) || (found != lazy.count && !e.seqs.is_empty())
+        {
             return Err(format!(
-                "{} events below seq {covered}, the checkpoint's directory says {}",
-                base.len(),
-                lazy.count
+                "{found} events below seq {covered}, the checkpoint's directory says {}, and \
+                 {} were appended since with versions counted from it",
+                lazy.count,
+                e.seqs.len()
             ));
+        }
+        if found != lazy.count {
+            self.events = self.events - lazy.count + found;
+            self.repaired = true;
         }
         let mut seqs = base;
         seqs.extend_from_slice(&e.seqs);

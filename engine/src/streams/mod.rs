@@ -286,8 +286,8 @@ impl Shared {
 
 /// Reads the seq blocks of `streams` (those still unread) and installs them. The file is
 /// read without the index lock; a block that fails its check is rebuilt by scanning the
-/// log below the checkpoint's covered seq for the stream's events, and installed only if
-/// the log gives as many as the directory says (else `CheckpointMismatch`).
+/// log below the checkpoint's covered seq for the stream's events (`CheckpointMismatch` if
+/// the log contradicts the directory's count for a stream appended to since the open).
 fn load_streams(index: &RwLock<StreamIndex>, log: &Log, streams: Vec<Arc<str>>) -> Result<()> {
     let (source, jobs) = {
         let ix = index.read().unwrap_or_else(|e| e.into_inner());
