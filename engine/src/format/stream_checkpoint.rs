@@ -731,27 +731,26 @@ impl<'a> Reader<'a> {
     /// others is refused, as is a value past `u64::MAX`), so that a block's bytes are a
     /// function of its seqs.
     fn varint(&mut self) -> Result<u64, DecodeError> {
-        // One byte, the common case (gaps and lengths below 128).
-        if let Some((&b, rest)) = self.0.split_first()
-            && b < 0x80
-        {
-            self.0 = rest;
-            return Ok(u64::from(b));
-        }
+        let buf = self.0;
         let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.bytes(1)?[0];
-            let bits = u64::from(b & 0x7f);
+        for (i, &b) in buf.iter().take(10).enumerate() {
             if i == 9 && b > 1 {
                 return Err(DecodeError::Inconsistent("checkpoint varint past 64 bits"));
             }
-            v |= bits << (7 * i);
+            v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 if b == 0 && i > 0 {
                     return Err(DecodeError::Inconsistent("checkpoint varint not minimal"));
                 }
+                self.0 = &buf[i + 1..];
                 return Ok(v);
             }
+        }
+        if buf.len() < 10 {
+            return Err(DecodeError::Truncated {
+                needed: buf.len() as u64 + 1,
+                available: buf.len() as u64,
+            });
         }
         Err(DecodeError::Inconsistent("checkpoint varint past 64 bits"))
     }
