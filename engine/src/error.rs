@@ -144,6 +144,17 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A stream's seqs in the stream-index checkpoint failed their check when first read,
+    /// and the log, scanned to rebuild them, does not agree with the checkpoint's directory
+    /// about a stream appended to since the open, whose versions were counted from the
+    /// directory (format-spec.md §12.2): the stream is not served rather than served wrong.
+    #[error("stream {stream:?}: its checkpoint block is damaged and the log disagrees: {reason}")]
+    CheckpointMismatch {
+        /// The stream.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
     /// Event data or metadata did not encode or decode with the chosen codec.
     #[error("codec: {reason}")]
     Codec {

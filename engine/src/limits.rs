@@ -77,6 +77,11 @@ pub const CHECKPOINT_HEADER_BYTES: usize = 64;
 /// the index is rebuilt from the log.
 pub const CHECKPOINT_BYTES_MAX: u64 = 4 << 30;
 
+/// Most seqs a stream-index checkpoint decoded whole (`StreamCheckpoint::decode`, for tools)
+/// may hold: a version 2 file stores runs of seqs in a few bytes, so its length does not
+/// bound them. A store loading its own checkpoint bounds them by the log's end instead.
+pub const CHECKPOINT_SEQS_MAX: u64 = 1 << 29;
+
 /// Bytes of the fixed header of an aggregate snapshot file (format-spec.md §13).
 pub const SNAPSHOT_HEADER_BYTES: usize = 96;
 

@@ -223,6 +223,29 @@ pub fn more_seeds() -> Vec<Seed> {
     flipped[last] ^= 1;
     add("stream_checkpoint", "invalid-body-bit-flip", flipped);
     add("stream_checkpoint", "invalid-zeros", vec![0; 64]);
+    // The same checkpoint in version 1, which stores still read.
+    let whole = annal::format::StreamCheckpoint::decode(&ckpt).unwrap();
+    add("stream_checkpoint", "valid-v1-3-streams", whole.encode_v1());
+    let mut v1_flipped = whole.encode_v1();
+    let last = v1_flipped.len() - 1;
+    v1_flipped[last] ^= 1;
+    add("stream_checkpoint", "invalid-v1-body-bit-flip", v1_flipped);
+    // A flip in the first stream's seq block (the byte after the directory).
+    let dir_end = 64 + u64::from_le_bytes(ckpt[40..48].try_into().unwrap()) as usize;
+    let mut block_flipped = ckpt.clone();
+    block_flipped[dir_end] ^= 1;
+    add("stream_checkpoint", "invalid-v2-block-bit-flip", block_flipped);
+    // One stream written alone: a single run.
+    let sim = SimFs::new(13);
+    let opts = StoreOptions { log: open_dir_options(), ..StoreOptions::default() };
+    let store = Store::open_with(Arc::new(sim.clone()), STORE_DIR, opts).unwrap();
+    for i in 0..30u32 {
+        let ev = NewEvent::new("T", vec![i as u8; 9]);
+        store.append("solo", ExpectedVersion::Any, &[ev]).unwrap();
+    }
+    store.close().unwrap();
+    let solo = sim.current_bytes(Path::new(STORE_DIR).join("streams.ckpt")).unwrap();
+    add("stream_checkpoint", "valid-v2-one-run", solo);
     // A checkpoint with many streams and recent ids, from a store that rolled.
     let sim = SimFs::new(12);
     let opts = StoreOptions { log: open_dir_options(), ..StoreOptions::default() };

@@ -316,32 +316,88 @@ pub fn event_body(data: &[u8]) -> Outcome {
     Outcome::Accepted
 }
 
-/// Rewrites a would-be checkpoint's `body_bytes`, `body_crc` and header `crc` (and, if
-/// `log_id` is given, its log id) so that they are consistent: the fuzzer then reaches the
-/// body's structure instead of stopping at a checksum. Shorter inputs are returned as they are.
+/// Rewrites a would-be checkpoint's checksums and lengths (and, if `log_id` is given, its log
+/// id) so that they are consistent: the fuzzer then reaches the structure instead of stopping
+/// at a checksum. Version 1 (byte 8 = 1): `body_bytes`, `body_crc`. Otherwise (version 2,
+/// format-spec.md §12.2): `body_bytes` clamped to the file, each seq block's `block_crc` and
+/// the `recent_crc` as far as the directory parses, then `body_crc`. Then the header `crc`.
+/// Shorter inputs are returned as they are.
 pub fn fix_checkpoint(data: &[u8], log_id: Option<[u8; 16]>) -> Vec<u8> {
-    use annal::limits::CHECKPOINT_HEADER_BYTES;
+    use annal::format::crc32;
+    use annal::limits::CHECKPOINT_HEADER_BYTES as H;
     let mut out = data.to_vec();
-    if out.len() < CHECKPOINT_HEADER_BYTES {
+    if out.len() < H {
         return out;
     }
     if let Some(id) = log_id {
         out[16..32].copy_from_slice(&id);
     }
-    let body_len = (out.len() - CHECKPOINT_HEADER_BYTES) as u64;
-    out[40..48].copy_from_slice(&body_len.to_le_bytes());
-    let body_crc = annal::format::crc32(&out[CHECKPOINT_HEADER_BYTES..]);
+    let u64_at = |b: &[u8], at: usize| -> Option<u64> {
+        b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+    };
+    if out[8] == 1 {
+        let body_len = (out.len() - H) as u64;
+        out[40..48].copy_from_slice(&body_len.to_le_bytes());
+    } else {
+        let dir_len = u64_at(&out, 40).unwrap().min((out.len() - H) as u64);
+        out[40..48].copy_from_slice(&dir_len.to_le_bytes());
+        let dir_end = H + dir_len as usize;
+        let streams = u32::from_le_bytes(out[52..56].try_into().unwrap());
+        // Walk the directory; fix each block's CRC where the block lies in the file.
+        let (mut at, mut block_at) = (H, dir_end);
+        for _ in 0..streams.min(1 << 16) {
+            let Some(id_len) = out.get(at..at + 2) else { break };
+            let id_len = u16::from_le_bytes(id_len.try_into().unwrap()) as usize;
+            let fields = at + 2 + id_len;
+            let (Some(bytes), true) = (u64_at(&out, fields + 8), fields + 20 <= dir_end) else {
+                break;
+            };
+            let end = (block_at as u64).saturating_add(bytes).min(out.len() as u64) as usize;
+            let crc = crc32(&out[block_at..end]);
+            out[fields + 16..fields + 20].copy_from_slice(&crc.to_le_bytes());
+            block_at = end;
+            at = fields + 20;
+        }
+        if at + 4 <= dir_end {
+            let crc = crc32(&out[block_at..]);
+            out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    let body_len = u64_at(&out, 40).unwrap() as usize;
+    let body_crc = crc32(&out[H..H + body_len]);
     out[48..52].copy_from_slice(&body_crc.to_le_bytes());
-    let crc = annal::format::crc32(&out[..60]);
+    let crc = crc32(&out[..60]);
     out[60..64].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// Decodes a checkpoint and checks what an accepted one promises (format-spec.md §12).
+/// Decodes a checkpoint whole and checks what an accepted one promises (format-spec.md §12):
+/// it re-encodes exactly in its own version, and a version 2 file read part by part (the
+/// directory, then each block and the recent ids, as a store reads it) gives the same.
 fn check_checkpoint(data: &[u8]) -> Outcome {
-    use annal::format::StreamCheckpoint;
-    let Ok(ck) = StreamCheckpoint::decode(data) else { return Outcome::Rejected };
-    assert_eq!(ck.encode(), data, "checkpoint re-encodes differently");
+    use annal::format::{
+        CheckpointDirectory, CheckpointHeader, StreamCheckpoint, decode_recent, decode_seq_block,
+    };
+    // The bound a store of 2^16 events would give: no input allocates more.
+    const MAX_SEQS: u64 = 1 << 16;
+    let Ok(ck) = StreamCheckpoint::decode_bounded(data, MAX_SEQS) else {
+        return Outcome::Rejected;
+    };
+    let h = CheckpointHeader::decode(data).unwrap();
+    if h.version == 1 {
+        assert_eq!(ck.encode_v1(), data, "version 1 checkpoint re-encodes differently");
+    } else {
+        assert_eq!(ck.encode(), data, "version 2 checkpoint re-encodes differently");
+        let dir = &data[64..64 + h.body_bytes as usize];
+        let dir = CheckpointDirectory::decode(&h, dir, data.len() as u64, MAX_SEQS).unwrap();
+        let part =
+            |s: &annal::format::SectionRef| &data[s.offset as usize..(s.offset + s.bytes) as usize];
+        for (d, s) in dir.streams.iter().zip(&ck.streams) {
+            assert_eq!(d.id, s.id);
+            assert_eq!(decode_seq_block(part(&d.block), d, ck.covered_seq).unwrap(), s.seqs);
+        }
+        assert_eq!(decode_recent(part(&dir.recent), &dir).unwrap(), ck.recent);
+    }
     for s in &ck.streams {
         assert!(!s.id.is_empty());
         assert!(s.seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing");
@@ -387,13 +443,15 @@ fn checkpoint_store() -> &'static StoreFiles {
     })
 }
 
-/// The stream checkpoint `streams.ckpt` (format-spec.md §12): `StreamCheckpoint::decode` on
-/// the input as it is, then on the input with its lengths and checksums made consistent (see
+/// The stream checkpoint `streams.ckpt` (format-spec.md §12, both versions):
+/// `StreamCheckpoint::decode` on the input as it is, then on the input with its lengths and checksums made consistent (see
 /// [`fix_checkpoint`]). An accepted checkpoint re-encodes exactly. Then the fixed input, with
 /// the log id of a small real store, is planted as that store's checkpoint and the store is
 /// opened and read: a checkpoint is a cache whose content is not cross-checked against the
 /// log (§12 "Not checked"), so a lying one may give wrong stream reads, but never a panic,
-/// a hang or an unbounded allocation, and the log itself (`read_all`) stays intact.
+/// a hang or an unbounded allocation, and the log itself (`read_all`) stays intact. A version
+/// 2 file is read by parts there: a block that fails its check is rebuilt from the log or
+/// refused with an error.
 pub fn stream_checkpoint(data: &[u8]) -> Outcome {
     use annal::{CheckpointState, Direction, ExpectedVersion, NewEvent, Store, StoreOptions};
     let outcome = check_checkpoint(data);

@@ -27,7 +27,12 @@ pub use log_marker::{LOG_MARKER_MAGIC, LogMarker, LogMarkerKind};
 pub use projection_checkpoint::{PROJECTION_CHECKPOINT_MAGIC, ProjectionCheckpoint};
 pub use segment_header::{FORMAT_VERSION, SEGMENT_MAGIC, SegmentHeader};
 pub use snapshot_file::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotFile};
-pub use stream_checkpoint::{CHECKPOINT_MAGIC, CheckpointId, CheckpointStream, StreamCheckpoint};
+pub use stream_checkpoint::{
+    CHECKPOINT_MAGIC, CHECKPOINT_VERSION_1, CHECKPOINT_VERSION_2, CheckpointDirectory,
+    CheckpointHeader, CheckpointId, CheckpointStream, DirectoryStream, RECENT_ENTRY_BYTES,
+    SectionRef, SeqBlock, StreamCheckpoint, decode_recent, decode_seq_block, encode_seq_block,
+    encode_v2,
+};
 
 /// Why a buffer did not decode as the structure it was expected to hold.
 ///

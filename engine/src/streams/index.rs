@@ -3,13 +3,24 @@
 //!
 //! A stream version is the position of an event among its stream's events, so the index is
 //! entirely derived from the log and can always be rebuilt from it.
+//!
+//! Loaded from a version 2 checkpoint (format-spec.md §12.2), a stream's seqs stay in the
+//! file until the stream is first read: the index knows the stream's event count (enough
+//! for appends and version checks) and keeps the seqs appended since. A lookup that needs
+//! the unread seqs returns [`Unloaded`]; the store reads the blocks (`CheckpointSource`),
+//! or rebuilds them from the log when a block fails its check, and [`StreamIndex::install`]s
+//! them. The recent-id window likewise stays in the file until an append needs it.
 
 use std::collections::VecDeque;
 
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use crate::format::{CheckpointId, CheckpointStream, StreamCheckpoint};
+use crate::format::{
+    CheckpointDirectory, CheckpointId, CheckpointStream, SectionRef, SeqBlock, StreamCheckpoint,
+    decode_recent, decode_seq_block,
+};
+use crate::fs::StorageFile;
 
 /// Where an event id was written, remembered for idempotent retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +30,109 @@ pub(crate) struct IdEntry {
     pub seq: u64,
 }
 
+/// The version 2 checkpoint file an index was loaded from, kept open for the parts not read
+/// yet. It stays readable when a newer checkpoint replaces its name (the handle keeps it).
+#[derive(Debug)]
+pub(crate) struct CheckpointSource {
+    file: Box<dyn StorageFile>,
+    dir: CheckpointDirectory,
+}
+
+impl CheckpointSource {
+    /// A checkpoint whose directory passed its checks (and the store's) and the open file.
+    pub(crate) fn new(file: Box<dyn StorageFile>, dir: CheckpointDirectory) -> Self {
+        CheckpointSource { file, dir }
+    }
+
+    /// Its covered seq.
+    pub(crate) fn covered_seq(&self) -> u64 {
+        self.dir.covered_seq
+    }
+
+    /// Entries of its id window.
+    pub(crate) fn recent_count(&self) -> u64 {
+        u64::from(self.dir.recent_count)
+    }
+
+    fn read(&self, s: &SectionRef) -> Result<Vec<u8>, String> {
+        // The directory checked every section against the file's length, which the store
+        // bounded by `CHECKPOINT_BYTES_MAX` before reading anything.
+        let mut buf = vec![0u8; usize::try_from(s.bytes).map_err(|e| e.to_string())?];
+        self.file.read_exact_at(&mut buf, s.offset).map_err(|e| e.to_string())?;
+        Ok(buf)
+    }
+
+    /// Reads, checks and decodes the seq block of directory entry `slot`.
+    pub(crate) fn read_block(&self, slot: u32) -> Result<Vec<u64>, String> {
+        let s = self.dir.streams.get(slot as usize).ok_or("no such checkpoint stream")?;
+        let bytes = self.read(&s.block)?;
+        decode_seq_block(&bytes, s, self.dir.covered_seq).map_err(|e| e.to_string())
+    }
+
+    /// Reads the encoded seq block of `slot` as it is, for a new checkpoint, if its CRC holds.
+    fn raw_block(&self, slot: u32) -> Result<SeqBlock<'static>, String> {
+        let s = self.dir.streams.get(slot as usize).ok_or("no such checkpoint stream")?;
+        let bytes = self.read(&s.block)?;
+        if crate::format::crc32(&bytes) != s.block.crc {
+            return Err("checksum mismatch".into());
+        }
+        Ok(SeqBlock::Encoded { seq_count: s.seq_count, bytes, crc: s.block.crc })
+    }
+
+    /// Reads, checks and decodes the recent-id section.
+    pub(crate) fn read_recent(&self) -> Result<Vec<CheckpointId>, String> {
+        let bytes = self.read(&self.dir.recent)?;
+        decode_recent(&bytes, &self.dir).map_err(|e| e.to_string())
+    }
+}
+
+/// What a lookup needs read from the checkpoint before it can answer.
+#[derive(Debug, Default)]
+pub(crate) struct Unloaded {
+    /// Streams whose seqs are still in the checkpoint file.
+    pub streams: Vec<Arc<str>>,
+    /// The recent-id window is still in the checkpoint file.
+    pub recent: bool,
+}
+
+/// A stream's seqs. With `lazy`, the first `lazy.count` are still in the checkpoint file and
+/// `seqs` holds only those appended since it was loaded.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Entry {
+    seqs: Vec<u64>,
+    lazy: Option<Lazy>,
+}
+
+/// A stream's seq block not read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lazy {
+    /// Its directory entry.
+    slot: u32,
+    /// Its seqs (all below the loaded checkpoint's covered seq).
+    count: u64,
+}
+
+impl Entry {
+    fn len(&self) -> u64 {
+        self.lazy.map_or(0, |l| l.count) + self.seqs.len() as u64
+    }
+}
+
+/// A category's seqs. While `unloaded` of its streams from the checkpoint are unread, `seqs`
+/// holds only those appended since the load, and the rest is merged from `members` once the
+/// last is read.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Category {
+    seqs: Vec<u64>,
+    members: Vec<Arc<str>>,
+    unloaded: usize,
+}
+
 /// The index proper.
 #[derive(Debug, Default)]
 pub(crate) struct StreamIndex {
-    streams: HashMap<Arc<str>, Vec<u64>>,
-    categories: HashMap<Arc<str>, Vec<u64>>,
+    streams: HashMap<Arc<str>, Entry>,
+    categories: HashMap<Arc<str>, Category>,
     recent: HashMap<[u8; 16], IdEntry>,
     recent_order: VecDeque<[u8; 16]>,
     /// The id window as a checkpoint gave it (oldest first, at most `recent_max`), not yet in
@@ -31,8 +140,21 @@ pub(crate) struct StreamIndex {
     /// moves it into the map, so that opening a store does not hash up to 100,000 ids it may
     /// never need. Empty once moved; never filled again.
     pending: PendingIds,
+    /// The id window is still unread in `source` (a version 2 checkpoint): the store reads
+    /// it ([`StreamIndex::install_recent`]) before the first append or replay.
+    recent_unread: bool,
     recent_max: usize,
     events: u64,
+    /// The version 2 checkpoint the index was loaded from, while parts of it are unread
+    /// (dropped, and the file closed, once every block and the id window are read).
+    source: Option<Arc<CheckpointSource>>,
+    /// Streams whose block is unread.
+    unread_streams: usize,
+    /// The loaded checkpoint's covered seq and event count (0 and `None` without one).
+    loaded_covered: u64,
+    loaded_events: Option<u64>,
+    /// Some part of the loaded checkpoint failed its check and was rebuilt from the log.
+    repaired: bool,
 }
 
 /// The id window of a checkpoint, not yet hashed.
@@ -84,34 +206,203 @@ impl StreamIndex {
         StreamIndex { recent_max, ..StreamIndex::default() }
     }
 
+    fn need(&self, stream: &str) -> Unloaded {
+        let key = self.streams.get_key_value(stream).map(|(k, _)| Arc::clone(k));
+        Unloaded { streams: key.into_iter().collect(), recent: false }
+    }
+
     /// The seqs of a stream (all written, durable or not), if it exists.
-    pub(crate) fn seqs(&self, stream: &str) -> Option<&[u64]> {
-        self.streams.get(stream).map(Vec::as_slice)
+    pub(crate) fn seqs(&self, stream: &str) -> Result<Option<&[u64]>, Unloaded> {
+        match self.streams.get(stream) {
+            None => Ok(None),
+            Some(e) if e.lazy.is_some() => Err(self.need(stream)),
+            Some(e) => Ok(Some(&e.seqs)),
+        }
     }
 
     /// The seqs of a category's streams, in log order.
-    pub(crate) fn category_seqs(&self, category: &str) -> Option<&[u64]> {
-        self.categories.get(category).map(Vec::as_slice)
+    pub(crate) fn category_seqs(&self, category: &str) -> Result<Option<&[u64]>, Unloaded> {
+        match self.categories.get(category) {
+            None => Ok(None),
+            Some(c) if c.unloaded > 0 => {
+                let lazy =
+                    |m: &&Arc<str>| self.streams.get(&***m).is_some_and(|e| e.lazy.is_some());
+                let streams = c.members.iter().filter(lazy).cloned().collect();
+                Err(Unloaded { streams, recent: false })
+            }
+            Some(c) => Ok(Some(&c.seqs)),
+        }
     }
 
     /// Number of events written to `stream` (its next version).
     pub(crate) fn len_of(&self, stream: &str) -> u64 {
-        self.streams.get(stream).map_or(0, |s| s.len() as u64)
+        self.streams.get(stream).map_or(0, Entry::len)
+    }
+
+    /// Number of events of `stream` below seq `visible` (never needs the checkpoint: its
+    /// seqs are all below its covered seq, which is at most the visible end).
+    pub(crate) fn visible_len(&self, stream: &str, visible: u64) -> u64 {
+        self.streams.get(stream).map_or(0, |e| {
+            let below = e.seqs.partition_point(|&s| s < visible) as u64;
+            e.lazy.map_or(0, |l| l.count) + below
+        })
     }
 
     /// The version of the event at `seq` in `stream`, if it is one of its events.
-    pub(crate) fn version_of(&self, stream: &str, seq: u64) -> Option<u64> {
-        let seqs = self.streams.get(stream)?;
-        position(seqs, seq).map(|v| v as u64)
+    pub(crate) fn version_of(&self, stream: &str, seq: u64) -> Result<Option<u64>, Unloaded> {
+        self.version_near(stream, seq, u64::MAX)
     }
 
     /// [`StreamIndex::version_of`], trying version `hint` first: a scan in log order knows
     /// each stream's next version, which spares it the binary search.
-    pub(crate) fn version_near(&self, stream: &str, seq: u64, hint: u64) -> Option<u64> {
-        let seqs = self.streams.get(stream)?;
-        match usize::try_from(hint).ok().and_then(|h| seqs.get(h)) {
-            Some(&s) if s == seq => Some(hint),
-            _ => position(seqs, seq).map(|v| v as u64),
+    pub(crate) fn version_near(
+        &self,
+        stream: &str,
+        seq: u64,
+        hint: u64,
+    ) -> Result<Option<u64>, Unloaded> {
+        let Some(e) = self.streams.get(stream) else { return Ok(None) };
+        let base = match e.lazy {
+            // Appended since the load: in the kept seqs.
+            Some(l) if seq >= self.loaded_covered => l.count,
+            Some(_) => return Err(self.need(stream)),
+            None => 0,
+        };
+        let seqs = &e.seqs;
+        let hinted = hint.checked_sub(base).and_then(|h| usize::try_from(h).ok());
+        Ok(match hinted.and_then(|h| seqs.get(h).map(|&s| (h, s))) {
+            Some((h, s)) if s == seq => Some(base + h as u64),
+            _ => position(seqs, seq).map(|v| base + v as u64),
+        })
+    }
+
+    /// Whether `stream` has an event below seq `visible`.
+    pub(crate) fn has_visible(&self, stream: &str, visible: u64) -> bool {
+        self.visible_len(stream, visible) > 0
+    }
+
+    /// The directory slot of `stream`'s unread seq block, if it has one.
+    pub(crate) fn lazy_slot(&self, stream: &str) -> Option<u32> {
+        self.streams.get(stream).and_then(|e| e.lazy).map(|l| l.slot)
+    }
+
+    /// The checkpoint the unread parts are in.
+    pub(crate) fn source(&self) -> Option<Arc<CheckpointSource>> {
+        self.source.clone()
+    }
+
+    /// Gives `stream` the seqs of its unread block (read from the checkpoint, or rebuilt
+    /// from the log), all below the loaded covered seq. If they are not as many as the
+    /// directory said (only a log scan can find that), they replace the directory's count
+    /// as long as no event was appended to the stream since the load; once one was, its
+    /// version came from the directory's count, and nothing changes (an error).
+    pub(crate) fn install(&mut self, stream: &str, base: Vec<u64>) -> Result<(), String> {
+        let covered = self.loaded_covered;
+        let Some(e) = self.streams.get_mut(stream) else { return Ok(()) };
+        let Some(lazy) = e.lazy else { return Ok(()) };
+        let found = base.len() as u64;
+        if base.last().is_some_and(|&s| s >= covered) || (found != lazy.count && !e.seqs.is_empty())
+        {
+            return Err(format!(
+                "{found} events below seq {covered}, the checkpoint's directory says {}, and \
+                 {} were appended since with versions counted from it",
+                lazy.count,
+                e.seqs.len()
+            ));
+        }
+        if found != lazy.count {
+            self.events = self.events - lazy.count + found;
+            self.repaired = true;
+        }
+        let mut seqs = base;
+        seqs.extend_from_slice(&e.seqs);
+        e.seqs = seqs;
+        e.lazy = None;
+        self.unread_streams = self.unread_streams.saturating_sub(1);
+        self.release_source();
+        let Some(cat) = category_of(stream).and_then(|c| self.categories.get_mut(c)) else {
+            return Ok(());
+        };
+        cat.unloaded = cat.unloaded.saturating_sub(1);
+        if cat.unloaded == 0 && !cat.members.is_empty() {
+            let mut merged = Vec::new();
+            for m in std::mem::take(&mut cat.members) {
+                if let Some(e) = self.streams.get(&m) {
+                    merged.extend(e.seqs.iter().copied().take_while(|&s| s < covered));
+                }
+            }
+            // Concatenated sorted runs: the sort is close to linear.
+            merged.sort_unstable();
+            merged.extend_from_slice(&cat.seqs);
+            cat.seqs = merged;
+        }
+        Ok(())
+    }
+
+    /// Closes the checkpoint file once nothing is left to read from it.
+    fn release_source(&mut self) {
+        if self.unread_streams == 0 && !self.recent_unread {
+            self.source = None;
+        }
+    }
+
+    /// Notes that a part of the loaded checkpoint was rebuilt from the log (the next
+    /// checkpoint is then written even if nothing else changed).
+    pub(crate) fn mark_repaired(&mut self) {
+        self.repaired = true;
+    }
+
+    /// Whether the id window is still unread in the checkpoint file.
+    pub(crate) fn recent_unread(&self) -> bool {
+        self.recent_unread
+    }
+
+    /// Takes the id window read from the checkpoint (oldest first).
+    pub(crate) fn install_recent(&mut self, mut ids: Vec<CheckpointId>) {
+        if !self.recent_unread {
+            return;
+        }
+        self.recent_unread = false;
+        let skip = ids.len().saturating_sub(self.recent_max);
+        ids.drain(..skip);
+        self.pending.ids = ids;
+        self.release_source();
+    }
+
+    /// Takes an id window rebuilt from the log: the events `(event id, stream, seq)` just
+    /// below the loaded checkpoint's covered seq, in log order. Their versions follow from
+    /// each stream's event count there.
+    pub(crate) fn install_recent_from_log(&mut self, window: Vec<([u8; 16], String, u64)>) {
+        if !self.recent_unread {
+            return;
+        }
+        self.recent_unread = false;
+        self.repaired = true;
+        self.release_source();
+        let covered = self.loaded_covered;
+        let mut left: HashMap<&str, u64> = HashMap::default();
+        for (_, s, _) in &window {
+            *left.entry(s.as_str()).or_default() += 1;
+        }
+        let mut entries = Vec::with_capacity(window.len());
+        for (id, s, seq) in &window {
+            let Some((key, e)) = self.streams.get_key_value(s.as_str()) else { continue };
+            let total = match e.lazy {
+                Some(l) => l.count,
+                None => e.seqs.partition_point(|&q| q < covered) as u64,
+            };
+            let Some(n) = left.get_mut(s.as_str()) else { continue };
+            // The n-th last of the stream's events below the covered seq.
+            if let Some(version) = total.checked_sub(*n) {
+                entries.push((*id, IdEntry { stream: Arc::clone(key), version, seq: *seq }));
+            }
+            *n -= 1;
+        }
+        let skip = entries.len().saturating_sub(self.recent_max);
+        for (id, entry) in entries.into_iter().skip(skip) {
+            if self.recent.insert(id, entry).is_none() {
+                self.recent_order.push_back(id);
+            }
         }
     }
 
@@ -123,15 +414,17 @@ impl StreamIndex {
     }
 
     /// Moves the id window a checkpoint gave into the map (once; later calls do nothing).
+    /// The store reads an unread window before it appends, so none is unread here.
     pub(crate) fn materialize_recent(&mut self) {
+        debug_assert!(!self.recent_unread, "the id window is still in the checkpoint");
         if self.pending.ids.is_empty() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
-        self.recent.reserve(pending.ids.len());
-        self.recent_order.reserve(pending.ids.len());
-        for r in pending.ids {
-            if let Some(key) = pending.keys.get(r.stream as usize) {
+        let pending = std::mem::take(&mut self.pending.ids);
+        self.recent.reserve(pending.len());
+        self.recent_order.reserve(pending.len());
+        for r in pending {
+            if let Some(key) = self.pending.keys.get(r.stream as usize) {
                 let entry = IdEntry { stream: Arc::clone(key), version: r.version, seq: r.seq };
                 if self.recent.insert(r.event_id, entry).is_none() {
                     self.recent_order.push_back(r.event_id);
@@ -161,15 +454,16 @@ impl StreamIndex {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(stream),
         };
-        let seqs = self.streams.entry(Arc::clone(&key)).or_default();
-        debug_assert!(seqs.last().is_none_or(|&last| last < seq));
-        let version = seqs.len() as u64;
-        seqs.push(seq);
+        let e = self.streams.entry(Arc::clone(&key)).or_default();
+        debug_assert!(e.seqs.last().is_none_or(|&last| last < seq));
+        let version = e.len();
+        e.seqs.push(seq);
         if let Some(cat) = category_of(stream) {
             match self.categories.get_mut(cat) {
-                Some(v) => v.push(seq),
+                Some(c) => c.seqs.push(seq),
                 None => {
-                    self.categories.insert(Arc::from(cat), vec![seq]);
+                    let c = Category { seqs: vec![seq], ..Category::default() };
+                    self.categories.insert(Arc::from(cat), c);
                 }
             }
         }
@@ -188,18 +482,58 @@ impl StreamIndex {
         version
     }
 
-    /// The index restricted to events below `covered_seq`, as a checkpoint.
-    pub(crate) fn to_checkpoint(&self, log_id: [u8; 16], covered_seq: u64) -> StreamCheckpoint {
+    /// Whether a checkpoint at `covered_seq` would say what the loaded one says: nothing
+    /// was appended below it and nothing was rebuilt since the load.
+    pub(crate) fn unchanged_since_load(&self, covered_seq: u64) -> bool {
+        !self.repaired
+            && covered_seq == self.loaded_covered
+            && self.loaded_events == Some(self.events)
+    }
+
+    /// The index restricted to events below `covered_seq`, as a version 2 checkpoint file.
+    /// A stream still unread whose seqs below `covered_seq` are exactly its block gets that
+    /// block copied as it is (if its CRC holds); any other unread stream, and an unread id
+    /// window, is returned as [`Unloaded`] for the store to read first.
+    pub(crate) fn encode_checkpoint(
+        &self,
+        log_id: [u8; 16],
+        covered_seq: u64,
+    ) -> Result<Vec<u8>, Unloaded> {
+        let mut need = Unloaded { streams: Vec::new(), recent: self.recent_unread };
         let mut slots: HashMap<&str, u32> =
             HashMap::with_capacity_and_hasher(self.streams.len(), Default::default());
-        let mut streams = Vec::with_capacity(self.streams.len());
-        for (id, seqs) in &self.streams {
-            let n = seqs.partition_point(|&s| s < covered_seq);
-            if n == 0 {
-                continue;
-            }
+        let mut streams: Vec<(&str, SeqBlock<'_>)> = Vec::with_capacity(self.streams.len());
+        for (id, e) in &self.streams {
+            let block = match (e.lazy, &self.source) {
+                (None, _) => {
+                    let n = e.seqs.partition_point(|&s| s < covered_seq);
+                    if n == 0 {
+                        continue;
+                    }
+                    SeqBlock::Seqs(&e.seqs[..n])
+                }
+                (Some(l), Some(src))
+                    if covered_seq >= self.loaded_covered
+                        && e.seqs.first().is_none_or(|&s| s >= covered_seq) =>
+                {
+                    match src.raw_block(l.slot) {
+                        Ok(b) => b,
+                        Err(_) => {
+                            need.streams.push(Arc::clone(id));
+                            continue;
+                        }
+                    }
+                }
+                (Some(_), _) => {
+                    need.streams.push(Arc::clone(id));
+                    continue;
+                }
+            };
             slots.insert(id, streams.len() as u32);
-            streams.push(CheckpointStream { id: id.to_string(), seqs: seqs[..n].to_vec() });
+            streams.push((id, block));
+        }
+        if need.recent || !need.streams.is_empty() {
+            return Err(need);
         }
         let slot_of = |stream: &str, seq: u64| slots.get(stream).filter(|_| seq < covered_seq);
         // Not yet materialized: nothing was pushed since the checkpoint that gave it.
@@ -208,34 +542,35 @@ impl StreamIndex {
             let slot = *slot_of(key, r.seq)?;
             Some(CheckpointId { stream: slot, ..*r })
         });
-        let recent = pending
+        let recent: Vec<CheckpointId> = pending
             .chain(self.recent_order.iter().filter_map(|id| {
                 let e = self.recent.get(id)?;
                 let slot = *slot_of(&e.stream, e.seq)?;
                 Some(CheckpointId { event_id: *id, stream: slot, version: e.version, seq: e.seq })
             }))
             .collect();
-        StreamCheckpoint { log_id, covered_seq, streams, recent }
+        Ok(crate::format::encode_v2(log_id, covered_seq, &streams, &recent))
     }
 
-    /// Rebuilds the index from a checkpoint that has passed its own validation.
+    /// Rebuilds the index from a whole checkpoint (version 1) that has passed its own
+    /// validation.
     pub(crate) fn from_checkpoint(ckpt: StreamCheckpoint, recent_max: usize) -> Self {
         let mut ix = StreamIndex::new(recent_max);
         let mut keys = Vec::with_capacity(ckpt.streams.len());
-        let mut cats: HashMap<Arc<str>, Vec<u64>> = HashMap::default();
+        let mut cats: HashMap<Arc<str>, Category> = HashMap::default();
         ix.streams.reserve(ckpt.streams.len());
-        for s in ckpt.streams {
-            let key: Arc<str> = Arc::from(s.id.as_str());
-            if let Some(cat) = category_of(&s.id) {
-                cats.entry(Arc::from(cat)).or_default().extend_from_slice(&s.seqs);
+        for CheckpointStream { id, seqs } in ckpt.streams {
+            let key: Arc<str> = Arc::from(id.as_str());
+            if let Some(cat) = category_of(&id) {
+                cats.entry(Arc::from(cat)).or_default().seqs.extend_from_slice(&seqs);
             }
-            ix.events += s.seqs.len() as u64;
+            ix.events += seqs.len() as u64;
             keys.push(Arc::clone(&key));
-            ix.streams.insert(key, s.seqs);
+            ix.streams.insert(key, Entry { seqs, lazy: None });
         }
-        for seqs in cats.values_mut() {
+        for c in cats.values_mut() {
             // Concatenated sorted runs: the sort is close to linear.
-            seqs.sort_unstable();
+            c.seqs.sort_unstable();
         }
         ix.categories = cats;
         let mut recent = ckpt.recent;
@@ -245,26 +580,75 @@ impl StreamIndex {
         let skip = recent.len().saturating_sub(recent_max);
         recent.drain(..skip);
         ix.pending = PendingIds { keys, ids: recent };
+        ix.loaded_covered = ckpt.covered_seq;
+        // `loaded_events` stays `None`: the next checkpoint is written (as version 2) even
+        // if nothing changed.
+        ix
+    }
+
+    /// The index of a version 2 checkpoint from its directory alone: every stream's count
+    /// and block slot, its category membership, no seq read (work per stream, not per
+    /// event). The blocks and the id window are read when first needed.
+    pub(crate) fn from_directory(source: Arc<CheckpointSource>, recent_max: usize) -> Self {
+        let mut ix = StreamIndex::new(recent_max);
+        let dir = &source.dir;
+        let mut keys = Vec::with_capacity(dir.streams.len());
+        ix.streams.reserve(dir.streams.len());
+        for (slot, s) in dir.streams.iter().enumerate() {
+            let key: Arc<str> = Arc::from(s.id.as_str());
+            if let Some(cat) = category_of(&s.id) {
+                let c = match ix.categories.get_mut(cat) {
+                    Some(c) => c,
+                    None => ix.categories.entry(Arc::from(cat)).or_default(),
+                };
+                c.members.push(Arc::clone(&key));
+                c.unloaded += 1;
+            }
+            let lazy = Lazy { slot: slot as u32, count: s.seq_count };
+            ix.streams.insert(Arc::clone(&key), Entry { seqs: Vec::new(), lazy: Some(lazy) });
+            keys.push(key);
+        }
+        ix.events = dir.events;
+        ix.pending = PendingIds { keys, ids: Vec::new() };
+        ix.recent_unread = recent_max > 0 && dir.recent_count > 0;
+        ix.loaded_covered = dir.covered_seq;
+        ix.loaded_events = Some(dir.events);
+        ix.unread_streams = dir.streams.len();
+        ix.source = Some(source);
+        ix.release_source();
         ix
     }
 
     /// Approximate heap bytes held: seq vectors, keys, and the id window.
     pub(crate) fn heap_bytes(&self) -> u64 {
-        let per_map_entry = std::mem::size_of::<(Arc<str>, Vec<u64>)>() as u64 + 8;
+        let per_map_entry = std::mem::size_of::<(Arc<str>, Entry)>() as u64 + 8;
         let streams: u64 = self
             .streams
             .iter()
-            .map(|(k, v)| per_map_entry + k.len() as u64 + 16 + v.capacity() as u64 * 8)
+            .map(|(k, v)| per_map_entry + k.len() as u64 + 16 + v.seqs.capacity() as u64 * 8)
             .sum();
         let cats: u64 = self
             .categories
             .iter()
-            .map(|(k, v)| per_map_entry + k.len() as u64 + 16 + v.capacity() as u64 * 8)
+            .map(|(k, v)| {
+                per_map_entry
+                    + k.len() as u64
+                    + 16
+                    + v.seqs.capacity() as u64 * 8
+                    + v.members.capacity() as u64 * 16
+            })
             .sum();
         let per_id = std::mem::size_of::<([u8; 16], IdEntry)>() as u64 + 8 + 16;
         let pending = self.pending.ids.capacity() * std::mem::size_of::<CheckpointId>()
             + self.pending.keys.capacity() * std::mem::size_of::<Arc<str>>();
         streams + cats + self.recent.capacity() as u64 * per_id + pending as u64
+    }
+
+    /// The index restricted to events below `covered_seq`, decoded (every stream read).
+    #[cfg(test)]
+    pub(crate) fn to_checkpoint(&self, log_id: [u8; 16], covered_seq: u64) -> StreamCheckpoint {
+        let bytes = self.encode_checkpoint(log_id, covered_seq).expect("every part is read");
+        StreamCheckpoint::decode(&bytes).expect("a checkpoint the index wrote decodes")
     }
 }
 
@@ -279,15 +663,19 @@ mod tests {
         assert_eq!(ix.push("user", 1, [2; 16]), 0);
         assert_eq!(ix.push("order-1", 2, [3; 16]), 1);
         assert_eq!(ix.push("order-2", 5, [4; 16]), 0);
-        assert_eq!(ix.version_of("order-1", 2), Some(1));
-        assert_eq!(ix.version_of("order-1", 1), None);
-        assert_eq!(ix.version_near("order-1", 2, 1), Some(1));
-        assert_eq!(ix.version_near("order-1", 2, 0), Some(1), "a wrong hint still finds it");
-        assert_eq!(ix.version_near("order-1", 2, u64::MAX), Some(1));
-        assert_eq!(ix.version_near("order-1", 1, 0), None);
-        assert_eq!(ix.version_near("nope", 1, 0), None);
-        assert_eq!(ix.category_seqs("order"), Some(&[0, 2, 5][..]));
-        assert_eq!(ix.category_seqs("user"), None);
+        assert_eq!(ix.version_of("order-1", 2).unwrap(), Some(1));
+        assert_eq!(ix.version_of("order-1", 1).unwrap(), None);
+        assert_eq!(ix.version_near("order-1", 2, 1).unwrap(), Some(1));
+        assert_eq!(
+            ix.version_near("order-1", 2, 0).unwrap(),
+            Some(1),
+            "a wrong hint still finds it"
+        );
+        assert_eq!(ix.version_near("order-1", 2, u64::MAX).unwrap(), Some(1));
+        assert_eq!(ix.version_near("order-1", 1, 0).unwrap(), None);
+        assert_eq!(ix.version_near("nope", 1, 0).unwrap(), None);
+        assert_eq!(ix.category_seqs("order").unwrap(), Some(&[0, 2, 5][..]));
+        assert_eq!(ix.category_seqs("user").unwrap(), None);
         assert!(ix.recent(&[1; 16]).is_none(), "oldest id must be evicted");
         assert_eq!(ix.recent(&[4; 16]).map(|e| e.seq), Some(5));
         assert_eq!(ix.events(), 4);

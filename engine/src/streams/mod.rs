@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use index::StreamIndex;
 pub use index::category_of;
+use index::{CheckpointSource, StreamIndex, Unloaded};
 #[cfg(feature = "serde")]
 pub use typed::{CAUSATION_ID, CORRELATION_ID};
 
@@ -212,6 +212,8 @@ struct Shared {
     storage: Arc<dyn Storage>,
     checkpoint_path: std::path::PathBuf,
     recovery: StoreRecovery,
+    /// The index's id window is still unread in the checkpoint: read it before appending.
+    recent_unread: std::sync::atomic::AtomicBool,
     /// Segment rolls seen when the last checkpoint was requested.
     rolls_checkpointed: std::sync::atomic::AtomicU64,
     wake: crossbeam_channel::Sender<()>,
@@ -240,14 +242,134 @@ impl Shared {
         }
         // Only what is durable: under `Durability::None` the visible end runs ahead of it.
         let covered = self.log.durable_head().map_or(0, |h| h + 1).min(self.log.visible_end());
-        let bytes = {
-            let ix = self.index.read().unwrap_or_else(|e| e.into_inner());
-            ix.to_checkpoint(self.log.log_id(), covered)
-        }
-        .encode();
+        let bytes = loop {
+            let need = {
+                let ix = self.index.read().unwrap_or_else(|e| e.into_inner());
+                if ix.unchanged_since_load(covered) {
+                    // The file on disk says exactly this already.
+                    return Ok(());
+                }
+                match ix.encode_checkpoint(self.log.log_id(), covered) {
+                    Ok(bytes) => break bytes,
+                    Err(need) => need,
+                }
+            };
+            self.load(need)?;
+        };
         crate::fs::write_atomic(self.storage.as_ref(), &self.checkpoint_path, &bytes)
             .map_err(|e| Error::io("write checkpoint", &self.checkpoint_path, e))
     }
+}
+
+impl Shared {
+    /// Reads what `need` names from the loaded checkpoint into the index: the streams' seq
+    /// blocks and the id window. A block or window that fails its check is rebuilt from the
+    /// log instead (format-spec.md §12.2, use at open); nothing unchecked is installed.
+    fn load(&self, need: Unloaded) -> Result<()> {
+        if need.recent {
+            load_recent(&self.index, &self.log)?;
+            self.recent_unread.store(false, std::sync::atomic::Ordering::Release);
+        }
+        load_streams(&self.index, &self.log, need.streams)
+    }
+
+    /// Reads the id window from the checkpoint if it is still unread.
+    fn ensure_recent(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.recent_unread.load(Ordering::Acquire) {
+            load_recent(&self.index, &self.log)?;
+            self.recent_unread.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+/// Reads the seq blocks of `streams` (those still unread) and installs them. The file is
+/// read without the index lock; a block that fails its check is rebuilt by scanning the
+/// log below the checkpoint's covered seq for the stream's events (`CheckpointMismatch` if
+/// the log contradicts the directory's count for a stream appended to since the open).
+fn load_streams(index: &RwLock<StreamIndex>, log: &Log, streams: Vec<Arc<str>>) -> Result<()> {
+    let (source, jobs) = {
+        let ix = index.read().unwrap_or_else(|e| e.into_inner());
+        let jobs: Vec<(Arc<str>, u32)> =
+            streams.into_iter().filter_map(|s| ix.lazy_slot(&s).map(|slot| (s, slot))).collect();
+        (ix.source(), jobs)
+    };
+    let Some(source) = source else { return Ok(()) };
+    let mut loaded = Vec::with_capacity(jobs.len());
+    let mut failed = foldhash::HashMap::default();
+    for (stream, slot) in jobs {
+        match source.read_block(slot) {
+            Ok(seqs) => loaded.push((stream, seqs)),
+            Err(_) => {
+                failed.insert(stream, Vec::new());
+            }
+        }
+    }
+    let repaired = !failed.is_empty();
+    if repaired {
+        scan_log_for(log, source.covered_seq(), &mut failed)?;
+        loaded.extend(failed);
+    }
+    let mut ix = index.write().unwrap_or_else(|e| e.into_inner());
+    if repaired {
+        ix.mark_repaired();
+    }
+    for (stream, seqs) in loaded {
+        ix.install(&stream, seqs)
+            .map_err(|reason| Error::CheckpointMismatch { stream: stream.to_string(), reason })?;
+    }
+    Ok(())
+}
+
+/// Adds to `streams` the seqs below `covered` of each stream it names, from the log.
+fn scan_log_for(
+    log: &Log,
+    covered: u64,
+    streams: &mut foldhash::HashMap<Arc<str>, Vec<u64>>,
+) -> Result<()> {
+    for rec in log.cursor(0) {
+        let rec = rec?;
+        if rec.seq >= covered {
+            break;
+        }
+        let body = decode(&rec)?;
+        if let Some(seqs) = streams.get_mut(body.stream_id) {
+            seqs.push(rec.seq);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the id window from the checkpoint into the index if it is still unread; if it
+/// fails its check, rebuilds it from the log's last events below the covered seq.
+fn load_recent(index: &RwLock<StreamIndex>, log: &Log) -> Result<()> {
+    let source = {
+        let ix = index.read().unwrap_or_else(|e| e.into_inner());
+        if !ix.recent_unread() {
+            return Ok(());
+        }
+        ix.source()
+    };
+    let Some(source) = source else { return Ok(()) };
+    match source.read_recent() {
+        Ok(ids) => index.write().unwrap_or_else(|e| e.into_inner()).install_recent(ids),
+        Err(_) => {
+            let covered = source.covered_seq();
+            let from = covered.saturating_sub(source.recent_count());
+            let mut window = Vec::new();
+            for rec in log.cursor(from) {
+                let rec = rec?;
+                if rec.seq >= covered {
+                    break;
+                }
+                let body = decode(&rec)?;
+                window.push((body.event_id, body.stream_id.to_owned(), rec.seq));
+            }
+            index.write().unwrap_or_else(|e| e.into_inner()).install_recent_from_log(window);
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Shared {
@@ -258,12 +380,32 @@ impl Drop for Shared {
     }
 }
 
-/// Loads and validates the checkpoint for `log`.
+/// A checkpoint that passed its checks at open.
+enum LoadedCheckpoint {
+    /// Version 1, read whole.
+    Whole(crate::format::StreamCheckpoint),
+    /// Version 2: its directory, the rest left in the file.
+    Directory(Arc<CheckpointSource>),
+}
+
+impl LoadedCheckpoint {
+    fn covered_seq(&self) -> u64 {
+        match self {
+            LoadedCheckpoint::Whole(ck) => ck.covered_seq,
+            LoadedCheckpoint::Directory(src) => src.covered_seq(),
+        }
+    }
+}
+
+/// Loads and validates the checkpoint for `log`: a version 1 file whole, a version 2 file's
+/// header and directory only (format-spec.md §12).
 fn load_checkpoint(
     storage: &dyn Storage,
     path: &Path,
     log: &Log,
-) -> std::result::Result<crate::format::StreamCheckpoint, CheckpointState> {
+) -> std::result::Result<LoadedCheckpoint, CheckpointState> {
+    use crate::format::{CHECKPOINT_VERSION_1, CheckpointDirectory, CheckpointHeader};
+    use crate::limits::CHECKPOINT_HEADER_BYTES;
     let rejected = |reason: String| CheckpointState::Rejected { reason };
     let file = match storage.open(path, crate::fs::OpenMode::Read) {
         Ok(f) => f,
@@ -274,20 +416,42 @@ fn load_checkpoint(
     if len > crate::limits::CHECKPOINT_BYTES_MAX {
         return Err(rejected(format!("{len} bytes is over the limit")));
     }
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, 0).map_err(|e| rejected(e.to_string()))?;
-    let ck = crate::format::StreamCheckpoint::decode(&buf).map_err(|e| rejected(e.to_string()))?;
-    if ck.log_id != log.log_id() {
+    let mut head = [0u8; CHECKPOINT_HEADER_BYTES];
+    let head_len = CHECKPOINT_HEADER_BYTES.min(len as usize);
+    file.read_exact_at(&mut head[..head_len], 0).map_err(|e| rejected(e.to_string()))?;
+    let header =
+        CheckpointHeader::decode(&head[..head_len]).map_err(|e| rejected(e.to_string()))?;
+    // Against the store first: a foreign or ahead-of-log file is rejected as such.
+    if header.log_id != log.log_id() {
         return Err(rejected("it belongs to another store".into()));
     }
-    if ck.covered_seq > log.visible_end() {
+    if header.covered_seq > log.visible_end() {
         return Err(rejected(format!(
             "it covers seq {} but the log ends at {}",
-            ck.covered_seq,
+            header.covered_seq,
             log.visible_end()
         )));
     }
-    Ok(ck)
+    let loaded = if header.version == CHECKPOINT_VERSION_1 {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, 0).map_err(|e| rejected(e.to_string()))?;
+        let ck =
+            crate::format::StreamCheckpoint::decode(&buf).map_err(|e| rejected(e.to_string()))?;
+        LoadedCheckpoint::Whole(ck)
+    } else {
+        // The directory's length is checked against the file's before it is allocated.
+        let dir_bytes = header.body_bytes;
+        if dir_bytes > len - CHECKPOINT_HEADER_BYTES as u64 {
+            return Err(rejected("checkpoint directory past the file's end".into()));
+        }
+        let mut dir = vec![0u8; dir_bytes as usize];
+        file.read_exact_at(&mut dir, CHECKPOINT_HEADER_BYTES as u64)
+            .map_err(|e| rejected(e.to_string()))?;
+        let dir = CheckpointDirectory::decode(&header, &dir, len, log.visible_end())
+            .map_err(|e| rejected(e.to_string()))?;
+        LoadedCheckpoint::Directory(Arc::new(CheckpointSource::new(file, dir)))
+    };
+    Ok(loaded)
 }
 
 /// Checks a stream id given as bytes: UTF-8, 1..=`STREAM_ID_BYTES_MAX` bytes.
@@ -325,23 +489,38 @@ impl Store {
     ) -> Result<Store> {
         let log = Log::open_with(Arc::clone(&storage), dir, opts.log.clone())?;
         let checkpoint_path = log.dir().join(crate::names::STREAM_CHECKPOINT_FILE);
-        let (mut index, from, checkpoint) =
+        let (index, from, checkpoint) =
             match load_checkpoint(storage.as_ref(), &checkpoint_path, &log) {
                 Ok(ck) => {
-                    let covered_seq = ck.covered_seq;
-                    let ix = StreamIndex::from_checkpoint(ck, opts.recent_event_ids);
+                    let covered_seq = ck.covered_seq();
+                    let ix = match ck {
+                        LoadedCheckpoint::Whole(ck) => {
+                            StreamIndex::from_checkpoint(ck, opts.recent_event_ids)
+                        }
+                        LoadedCheckpoint::Directory(src) => {
+                            StreamIndex::from_directory(src, opts.recent_event_ids)
+                        }
+                    };
                     (ix, covered_seq, CheckpointState::Loaded { covered_seq })
                 }
                 Err(state) => (StreamIndex::new(opts.recent_event_ids), 0, state),
             };
-        let mut replayed_events = 0;
-        for rec in log.cursor(from) {
-            let rec = rec?;
-            let body = decode(&rec)?;
-            index.push(body.stream_id, rec.seq, body.event_id);
-            replayed_events += 1;
-        }
         let index = Arc::new(RwLock::new(index));
+        if log.visible_end() > from {
+            // Replay appends to the id window: read it first.
+            load_recent(&index, &log)?;
+        }
+        let mut replayed_events = 0;
+        {
+            let mut ix = index.write().unwrap_or_else(|e| e.into_inner());
+            for rec in log.cursor(from) {
+                let rec = rec?;
+                let body = decode(&rec)?;
+                ix.push(body.stream_id, rec.seq, body.event_id);
+                replayed_events += 1;
+            }
+        }
+        let recent_unread = index.read().unwrap_or_else(|e| e.into_inner()).recent_unread();
         let (wake, woken) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared {
             log: log.clone(),
@@ -349,6 +528,7 @@ impl Store {
             storage,
             checkpoint_path,
             recovery: StoreRecovery { checkpoint, replayed_events },
+            recent_unread: std::sync::atomic::AtomicBool::new(recent_unread),
             rolls_checkpointed: std::sync::atomic::AtomicU64::new(log.stats().rolls),
             wake,
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -388,6 +568,21 @@ impl Store {
 
     fn read_index(&self) -> RwLockReadGuard<'_, StreamIndex> {
         self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the lookup `f` on the index, first reading from the checkpoint whatever it
+    /// says it needs (streams' seqs not read yet), as often as it says so.
+    fn with_index<T>(
+        &self,
+        mut f: impl FnMut(&StreamIndex) -> std::result::Result<T, Unloaded>,
+    ) -> Result<T> {
+        loop {
+            let need = match f(&self.read_index()) {
+                Ok(t) => return Ok(t),
+                Err(need) => need,
+            };
+            self.shared.load(need)?;
+        }
     }
 
     /// Appends `events` to `stream` as one atomic batch, if the stream's version is what
@@ -442,6 +637,7 @@ impl Store {
             ids.push(id);
             bodies.push(buf);
         }
+        self.shared.ensure_recent()?;
         let outcome: Arc<Mutex<Option<AppendResult>>> = Arc::default();
         let hook = {
             let index = Arc::clone(&self.index);
@@ -469,9 +665,7 @@ impl Store {
     /// The version of the stream's last visible event, or `None` if it has none.
     pub fn stream_version(&self, stream: &str) -> Option<u64> {
         let visible = self.log.visible_end();
-        let ix = self.read_index();
-        let seqs = ix.seqs(stream)?;
-        (seqs.partition_point(|&s| s < visible) as u64).checked_sub(1)
+        self.read_index().visible_len(stream, visible).checked_sub(1)
     }
 
     /// Up to `max_count` events of `stream` starting at version `from_version` (inclusive),
@@ -485,28 +679,29 @@ impl Store {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let visible = self.log.visible_end();
-        let picked: Vec<(u64, u64)> = {
-            let ix = self.read_index();
-            let Some(seqs) = ix.seqs(stream) else { return Ok(Vec::new()) };
+        let picked: Vec<(u64, u64)> = self.with_index(|ix| {
+            let Some(seqs) = ix.seqs(stream)? else { return Ok(Vec::new()) };
             let n = seqs.partition_point(|&s| s < visible) as u64;
             let versions: Box<dyn Iterator<Item = u64>> = match direction {
                 Direction::Forward => Box::new(from_version..n),
                 Direction::Backward if n == 0 => Box::new(std::iter::empty()),
                 Direction::Backward => Box::new((0..=from_version.min(n - 1)).rev()),
             };
-            versions.take(max_count).filter_map(|v| seqs.get(v as usize).map(|&s| (v, s))).collect()
-        };
+            Ok(versions
+                .take(max_count)
+                .filter_map(|v| seqs.get(v as usize).map(|&s| (v, s)))
+                .collect())
+        })?;
         picked.into_iter().map(|(version, seq)| self.event_at(seq, Some(version))).collect()
     }
 
     /// The events of `stream` with seq at most `seq`: the stream as it was at that point.
     pub fn read_stream_as_of(&self, stream: &str, seq: u64) -> Result<Vec<RecordedEvent>> {
         let visible = self.log.visible_end();
-        let picked: Vec<u64> = {
-            let ix = self.read_index();
-            let Some(seqs) = ix.seqs(stream) else { return Ok(Vec::new()) };
-            seqs.iter().copied().take_while(|&s| s <= seq && s < visible).collect()
-        };
+        let picked: Vec<u64> = self.with_index(|ix| {
+            let Some(seqs) = ix.seqs(stream)? else { return Ok(Vec::new()) };
+            Ok(seqs.iter().copied().take_while(|&s| s <= seq && s < visible).collect())
+        })?;
         picked.into_iter().enumerate().map(|(v, s)| self.event_at(s, Some(v as u64))).collect()
     }
 
@@ -533,12 +728,17 @@ impl Store {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let visible = self.log.visible_end();
-        let picked: Vec<u64> = {
-            let ix = self.read_index();
-            let Some(seqs) = ix.category_seqs(category) else { return Ok(Vec::new()) };
+        let picked: Vec<u64> = self.with_index(|ix| {
+            let Some(seqs) = ix.category_seqs(category)? else { return Ok(Vec::new()) };
             let start = seqs.partition_point(|&s| s < from_seq);
-            seqs.iter().skip(start).copied().take_while(|&s| s < visible).take(max_count).collect()
-        };
+            Ok(seqs
+                .iter()
+                .skip(start)
+                .copied()
+                .take_while(|&s| s < visible)
+                .take(max_count)
+                .collect())
+        })?;
         picked.into_iter().map(|s| self.event_at(s, None)).collect()
     }
 
@@ -580,7 +780,7 @@ impl Store {
         let ix = self.read_index();
         let mut out: Vec<String> = ix
             .stream_ids()
-            .filter(|id| ix.seqs(id).and_then(|s| s.first()).is_some_and(|&s| s < visible))
+            .filter(|id| ix.has_visible(id, visible))
             .map(|id| id.to_string())
             .collect();
         out.sort_unstable();
@@ -630,12 +830,10 @@ impl Store {
             Some(v) => v,
             None => {
                 let hint = hints.as_ref().and_then(|h| h.get(body.stream_id).copied());
-                let ix = self.read_index();
-                let found = match hint {
+                let found = self.with_index(|ix| match hint {
                     Some(h) => ix.version_near(body.stream_id, rec.seq, h),
                     None => ix.version_of(body.stream_id, rec.seq),
-                };
-                drop(ix);
+                })?;
                 let v = found.ok_or(Error::BadEvent {
                     seq: rec.seq,
                     reason: "event is not in the index".into(),
