@@ -105,16 +105,6 @@ impl StreamIndex {
         position(seqs, seq).map(|v| v as u64)
     }
 
-    /// [`StreamIndex::version_of`], trying version `hint` first: a scan in log order knows
-    /// each stream's next version, which spares it the binary search.
-    pub(crate) fn version_near(&self, stream: &str, seq: u64, hint: u64) -> Option<u64> {
-        let seqs = self.streams.get(stream)?;
-        match usize::try_from(hint).ok().and_then(|h| seqs.get(h)) {
-            Some(&s) if s == seq => Some(hint),
-            _ => position(seqs, seq).map(|v| v as u64),
-        }
-    }
-
     /// Where `id` was written, if it is still remembered. Call
     /// [`StreamIndex::materialize_recent`] first.
     pub(crate) fn recent(&self, id: &[u8; 16]) -> Option<&IdEntry> {
@@ -281,11 +271,7 @@ mod tests {
         assert_eq!(ix.push("order-2", 5, [4; 16]), 0);
         assert_eq!(ix.version_of("order-1", 2), Some(1));
         assert_eq!(ix.version_of("order-1", 1), None);
-        assert_eq!(ix.version_near("order-1", 2, 1), Some(1));
-        assert_eq!(ix.version_near("order-1", 2, 0), Some(1), "a wrong hint still finds it");
-        assert_eq!(ix.version_near("order-1", 2, u64::MAX), Some(1));
-        assert_eq!(ix.version_near("order-1", 1, 0), None);
-        assert_eq!(ix.version_near("nope", 1, 0), None);
+        assert_eq!(ix.version_of("nope", 1), None);
         assert_eq!(ix.category_seqs("order"), Some(&[0, 2, 5][..]));
         assert_eq!(ix.category_seqs("user"), None);
         assert!(ix.recent(&[1; 16]).is_none(), "oldest id must be evicted");
