@@ -653,26 +653,38 @@ struct Known<'a> {
     event_type: Option<&'a SmolStr>,
 }
 
+/// Whether a decoded event's stream and type are the [`Known`] ones.
+#[derive(Debug, Clone, Copy)]
+struct Same {
+    stream: bool,
+    event_type: bool,
+}
+
 /// Decodes `rec`'s event body (format-spec.md §11) into the event at `version`, with every
-/// check of [`EventBody::decode`]; also says whether its stream is the `known` one. An id
+/// check of [`EventBody::decode`]; also says whether its stream and type are the `known`
+/// ones. An id
 /// equal to a `known` string takes a clone of it (no UTF-8 check or copy again). The
 /// metadata and the data are slices of the payload, not copies (the data takes over the
 /// record's own handle on it).
-fn decode_shared(rec: Record, version: u64, known: Known<'_>) -> Result<(RecordedEvent, bool)> {
+#[inline(always)]
+fn decode_shared(rec: Record, version: u64, known: Known<'_>) -> Result<(RecordedEvent, Same)> {
     let bad =
         |e: crate::format::DecodeError| Error::BadEvent { seq: rec.seq, reason: e.to_string() };
     let mut payload = rec.payload;
     let raw = EventBody::decode_layout(&payload).map_err(bad)?;
-    let (stream_id, is_known) = match known.stream {
+    let (stream_id, same_stream) = match known.stream {
         Some(s) if s.as_bytes() == raw.stream_id => (s.clone(), true),
         _ => {
             let s = std::str::from_utf8(raw.stream_id).map_err(|_| bad(STREAM_ID_NOT_UTF8))?;
             (SmolStr::new(s), false)
         }
     };
-    let event_type = match known.event_type {
-        Some(t) if t.as_bytes() == raw.event_type => t.clone(),
-        _ => std::str::from_utf8(raw.event_type).map_err(|_| bad(EVENT_TYPE_NOT_UTF8))?.into(),
+    let (event_type, same_type) = match known.event_type {
+        Some(t) if t.as_bytes() == raw.event_type => (t.clone(), true),
+        _ => {
+            let t = std::str::from_utf8(raw.event_type).map_err(|_| bad(EVENT_TYPE_NOT_UTF8))?;
+            (SmolStr::new(t), false)
+        }
     };
     let metadata = payload.slice_ref(raw.metadata);
     let event_id = Uuid::from_bytes(raw.event_id);
@@ -689,7 +701,7 @@ fn decode_shared(rec: Record, version: u64, known: Known<'_>) -> Result<(Recorde
         metadata,
         data: payload,
     };
-    Ok((event, is_known))
+    Ok((event, Same { stream: same_stream, event_type: same_type }))
 }
 
 /// The leader-side decision for one append: idempotent replay, version check, and indexing.
@@ -806,6 +818,7 @@ pub struct AllEvents {
 impl AllEvents {
     /// The version of `event`, of the run's stream if `in_run`, looked up in the index, and
     /// the run moved to its stream with a fresh window.
+    #[inline(never)]
     fn version_from_index(&mut self, event: &RecordedEvent, in_run: bool) -> Result<u64> {
         let ix = self.store.read_index();
         let seqs = ix.seqs(&event.stream_id).ok_or_else(|| not_indexed(event.seq))?;
@@ -832,6 +845,7 @@ impl AllEvents {
                 run.seqs.extend_from_slice(copy);
             }
             run => {
+                let mut seqs = Vec::new();
                 if let Some(old) = run.take() {
                     match self.next_versions.get_mut(&*old.stream) {
                         Some(n) => *n = old.next,
@@ -839,8 +853,10 @@ impl AllEvents {
                             self.next_versions.insert(Box::from(old.stream.as_str()), old.next);
                         }
                     }
+                    // Its allocation serves the new run.
+                    seqs = old.seqs;
+                    seqs.clear();
                 }
-                let mut seqs = Vec::with_capacity(SCAN_WINDOW_MAX);
                 seqs.extend_from_slice(copy);
                 *run = Some(Run { stream: event.stream_id.clone(), first: version, seqs, next: 0 });
             }
@@ -864,11 +880,12 @@ impl Iterator for AllEvents {
             stream: self.run.as_ref().map(|r| &r.stream),
             event_type: self.last_type.as_ref(),
         };
-        let (mut event, in_run) = match decode_shared(rec, 0, known) {
+        let (mut event, same) = match decode_shared(rec, 0, known) {
             Ok(decoded) => decoded,
             Err(e) => return Some(Err(e)),
         };
-        if self.last_type.as_ref() != Some(&event.event_type) {
+        let in_run = same.stream;
+        if !same.event_type {
             self.last_type = Some(event.event_type.clone());
         }
         let in_window = self.run.as_ref().filter(|_| in_run).and_then(|run| {
