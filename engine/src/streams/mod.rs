@@ -662,10 +662,10 @@ struct Same {
 
 /// Decodes `rec`'s event body (format-spec.md §11) into the event at `version`, with every
 /// check of [`EventBody::decode`]; also says whether its stream and type are the `known`
-/// ones. An id
-/// equal to a `known` string takes a clone of it (no UTF-8 check or copy again). The
-/// metadata and the data are slices of the payload, not copies (the data takes over the
-/// record's own handle on it).
+/// ones. An id equal to a `known` string takes a clone of it (no UTF-8 check or copy
+/// again). The metadata and the data are slices of the payload, not copies (the data takes
+/// over the record's own handle on it). Inlined into its callers, so that the event is built
+/// where it is returned (moving it was 4% of a scan).
 #[inline(always)]
 fn decode_shared(rec: Record, version: u64, known: Known<'_>) -> Result<(RecordedEvent, Same)> {
     let bad =
