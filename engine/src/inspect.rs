@@ -1283,8 +1283,8 @@ impl Iterator for EventReader {
                         continue;
                     }
                     LogItem::Event(crate::RecordedEvent {
-                        stream_id: body.stream_id.to_owned(),
-                        event_type: body.event_type.to_owned(),
+                        stream_id: body.stream_id.into(),
+                        event_type: body.event_type.into(),
                         event_id: uuid::Uuid::from_bytes(body.event_id),
                         version,
                         seq: rec.seq,

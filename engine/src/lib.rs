@@ -41,6 +41,10 @@ pub use projection::{
     ProjectionMetrics, ProjectionOptions, ProjectionRunner, ProjectionStatus, ReadModel,
     RebuildHandle, RebuildOutcome, Verify, VerifyFn, digest_bytes,
 };
+/// The string type of [`RecordedEvent`]'s stream id and event type (from the `smol_str`
+/// crate: inline up to 23 bytes, cheap to clone), re-exported so that callers need not
+/// depend on it.
+pub use smol_str::SmolStr;
 pub use snapshot::{SetAside, SnapshotDamage, SnapshotRead, SnapshotStats, SnapshotStore};
 pub use stats::StatsSnapshot;
 pub use streams::{

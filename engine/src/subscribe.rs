@@ -63,10 +63,12 @@ impl Filter {
     /// Whether `event` passes.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         let stream_ok = (self.streams.is_empty() && self.categories.is_empty())
-            || self.streams.contains(&event.stream_id)
+            || self.streams.iter().any(|s| *s == *event.stream_id)
             || category_of(&event.stream_id)
                 .is_some_and(|cat| self.categories.iter().any(|c| c == cat));
-        stream_ok && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+        stream_ok
+            && (self.event_types.is_empty()
+                || self.event_types.iter().any(|t| *t == *event.event_type))
     }
 }
 

@@ -344,8 +344,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         for ev in inner.store.read_all(0) {
             let ev = ev.map_err(|e| werr(&e))?;
             events.push(SnapEvent {
-                stream: ev.stream_id,
-                event_type: ev.event_type,
+                stream: ev.stream_id.into(),
+                event_type: ev.event_type.into(),
                 id: *ev.event_id.as_bytes(),
                 metadata: ev.metadata.to_vec(),
                 data: ev.data.to_vec(),

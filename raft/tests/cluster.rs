@@ -142,7 +142,7 @@ async fn converge(nodes: &BTreeMap<u64, Node>) -> u64 {
                     .map(|e| {
                         let e = e.unwrap();
                         let d = String::from_utf8_lossy(&e.data).to_string();
-                        (e.seq, e.stream_id, e.version, d)
+                        (e.seq, e.stream_id.to_string(), e.version, d)
                     })
                     .collect()
             })

@@ -39,6 +39,30 @@ pub struct EventBody<'a> {
     pub data: &'a [u8],
 }
 
+/// An event body whose layout is checked but whose ids are not yet checked as UTF-8
+/// ([`EventBody::decode_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawEventBody<'a> {
+    /// The stream id's bytes.
+    pub stream_id: &'a [u8],
+    /// The event type's bytes.
+    pub event_type: &'a [u8],
+    /// The event's unique id (a UUID).
+    pub event_id: [u8; 16],
+    /// Caller-defined metadata bytes.
+    pub metadata: &'a [u8],
+    /// The event's data bytes.
+    pub data: &'a [u8],
+}
+
+/// The error of a stream id that is not UTF-8 (format-spec.md §11).
+pub(crate) const STREAM_ID_NOT_UTF8: DecodeError =
+    DecodeError::Inconsistent("stream id is not UTF-8");
+
+/// The error of an event type that is not UTF-8 (format-spec.md §11).
+pub(crate) const EVENT_TYPE_NOT_UTF8: DecodeError =
+    DecodeError::Inconsistent("event type is not UTF-8");
+
 impl EventBody<'_> {
     /// Bytes this body encodes to.
     pub fn encoded_len(&self) -> usize {
@@ -74,6 +98,20 @@ impl EventBody<'_> {
 
     /// Decodes and validates a body; `buf` must be exactly the record payload.
     pub fn decode(buf: &[u8]) -> Result<EventBody<'_>, DecodeError> {
+        let raw = EventBody::decode_layout(buf)?;
+        Ok(EventBody {
+            stream_id: std::str::from_utf8(raw.stream_id).map_err(|_| STREAM_ID_NOT_UTF8)?,
+            event_type: std::str::from_utf8(raw.event_type).map_err(|_| EVENT_TYPE_NOT_UTF8)?,
+            event_id: raw.event_id,
+            metadata: raw.metadata,
+            data: raw.data,
+        })
+    }
+
+    /// Every check of [`EventBody::decode`] but the UTF-8 of the two ids, which the caller
+    /// must still make: for a reader that turns the ids into shared strings sliced out of
+    /// the payload, whose conversion checks them anyway (`Store`'s reads).
+    pub fn decode_layout(buf: &[u8]) -> Result<RawEventBody<'_>, DecodeError> {
         let h = prefix::<EVENT_HEADER_BYTES>(buf)?;
         if h[OFF_VERSION] != EVENT_VERSION {
             return Err(DecodeError::UnsupportedVersion(h[OFF_VERSION].into()));
@@ -109,16 +147,12 @@ impl EventBody<'_> {
             return Err(DecodeError::Inconsistent("event lengths do not add up to the record"));
         }
         let rest = buf.get(EVENT_HEADER_BYTES..).unwrap_or_default();
-        let (stream, rest) = rest.split_at(stream_len);
+        let (stream_id, rest) = rest.split_at(stream_len);
         let (event_type, rest) = rest.split_at(type_len);
         let (metadata, data) = rest.split_at(meta_len);
-        let stream_id = std::str::from_utf8(stream)
-            .map_err(|_| DecodeError::Inconsistent("stream id is not UTF-8"))?;
-        let event_type = std::str::from_utf8(event_type)
-            .map_err(|_| DecodeError::Inconsistent("event type is not UTF-8"))?;
         let mut event_id = [0u8; 16];
         event_id.copy_from_slice(&h[OFF_EVENT_ID..OFF_META_LEN]);
-        Ok(EventBody { stream_id, event_type, event_id, metadata, data })
+        Ok(RawEventBody { stream_id, event_type, event_id, metadata, data })
     }
 
     /// Reads only the stream id of an encoded body, validating what it reads (for index

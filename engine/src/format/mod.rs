@@ -16,7 +16,8 @@ mod snapshot_file;
 mod spec_example;
 mod stream_checkpoint;
 
-pub use event::{EVENT_VERSION, EventBody};
+pub(crate) use event::{EVENT_TYPE_NOT_UTF8, STREAM_ID_NOT_UTF8};
+pub use event::{EVENT_VERSION, EventBody, RawEventBody};
 pub use frame::{
     Frame, FrameKind, Placement, PreparedBatch, RecordHeader, align_up, batch_frame_bytes,
     decode_frame_header, decode_record_header, encode_batch, encode_marker_frame, log_tag,

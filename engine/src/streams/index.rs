@@ -188,6 +188,12 @@ fn position(seqs: &[u64], seq: u64) -> Option<usize> {
         if seq < first || seq > last {
             return None;
         }
+        // Strictly increasing seqs whose span is their count are consecutive: `seq` is at
+        // its distance from `first`, found without reading that entry (in a large stream,
+        // the probe below is a cache miss, most of a store point read's own cost).
+        if last - first == (hi - 1 - lo) as u64 {
+            return Some(lo + (seq - first) as usize);
+        }
         // first < last: the seqs are strictly increasing and there are more than 16.
         let span = (hi - 1 - lo) as u128;
         let guess = lo + (u128::from(seq - first) * span / u128::from(last - first)) as usize;

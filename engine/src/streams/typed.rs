@@ -77,7 +77,7 @@ mod tests {
     fn recorded(e: &NewEvent, id: Uuid) -> RecordedEvent {
         RecordedEvent {
             stream_id: "acc-1".into(),
-            event_type: e.event_type.clone(),
+            event_type: e.event_type.as_str().into(),
             event_id: id,
             version: 0,
             seq: 0,
