@@ -984,8 +984,7 @@ pub struct AllEvents {
 
 impl AllEvents {
     /// The version of the event at `seq` of `stream` (the run's if `in_run`), looked up in the
-    /// index, and
-    /// the run moved to its stream with a fresh window.
+    /// index, and the run moved to its stream with a fresh window.
     #[inline(never)]
     fn version_from_index(&mut self, stream: &SmolStr, seq: u64, in_run: bool) -> Result<u64> {
         // The stream's seqs, read from the checkpoint first if they are still there.
