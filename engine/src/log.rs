@@ -1029,6 +1029,8 @@ impl Cursor {
         self.next
     }
 
+    /// The slow path of [`Cursor::next`], kept out of line so that the fast path inlines.
+    #[inline(never)]
     fn step(&mut self) -> Result<Option<Record>> {
         let visible = self.inner.visible.load(Ordering::Acquire);
         if self.next >= visible {
@@ -1108,7 +1110,9 @@ impl Cursor {
 impl Iterator for Cursor {
     type Item = Result<Record>;
 
-    #[inline]
+    /// Inlined into every caller (a store scan's loop among them): returned through memory,
+    /// the record was read back right after being written, a stall each time.
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;

@@ -131,3 +131,58 @@ fn records_outside_the_index_are_bad_events_and_the_scan_goes_on() {
     }
     store.close().unwrap();
 }
+
+/// Stream ids and event types of every length from 1 to 40 bytes that differ from the last
+/// event's in a single byte (first, middle or last), some events with metadata: the scan
+/// compares each id with the last event's and must tell them apart, and must hand out the
+/// metadata and the data as written.
+#[test]
+fn ids_that_differ_in_one_byte_and_metadata_scan_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    struct Written {
+        id: String,
+        event_type: String,
+        version: u64,
+        meta: Vec<u8>,
+        data: Vec<u8>,
+    }
+    let mut model: Vec<Written> = Vec::new();
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for len in 1..=40usize {
+        for at in [0, len / 2, len - 1] {
+            for flip in [false, true, false] {
+                let mut id: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                if flip {
+                    id[at] = b'Z';
+                }
+                let id = String::from_utf8(id).unwrap();
+                let event_type = id.chars().rev().collect::<String>();
+                let meta =
+                    if model.len().is_multiple_of(3) { Vec::new() } else { id.as_bytes().to_vec() };
+                let data = format!("{}/{}", model.len(), id).into_bytes();
+                let e = NewEvent::new(event_type.clone(), data.clone()).with_metadata(meta.clone());
+                store.append(&id, ExpectedVersion::Any, &[e]).unwrap();
+                let v = next.entry(id.clone()).or_insert(0);
+                model.push(Written { id, event_type, version: *v, meta, data });
+                *v += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    for (seq, e) in store.read_all(0).enumerate() {
+        let e = e.unwrap();
+        let Written { id, event_type, version, meta, data } = &model[seq];
+        assert_eq!(e.seq, seq as u64);
+        assert_eq!(
+            (e.stream_id.as_str(), e.event_type.as_str()),
+            (id.as_str(), event_type.as_str())
+        );
+        assert_eq!(e.version, *version, "seq {seq}");
+        assert_eq!((&e.metadata[..], &e.data[..]), (&meta[..], &data[..]), "seq {seq}");
+        assert_eq!(Some(&e), store.event(seq as u64).unwrap().as_ref(), "seq {seq}");
+        n += 1;
+    }
+    assert_eq!(n, model.len());
+    store.close().unwrap();
+}

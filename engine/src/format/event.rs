@@ -111,6 +111,7 @@ impl EventBody<'_> {
     /// Every check of [`EventBody::decode`] but the UTF-8 of the two ids, which the caller
     /// must still make: for a reader that turns the ids into shared strings sliced out of
     /// the payload, whose conversion checks them anyway (`Store`'s reads).
+    #[inline]
     pub fn decode_layout(buf: &[u8]) -> Result<RawEventBody<'_>, DecodeError> {
         let h = prefix::<EVENT_HEADER_BYTES>(buf)?;
         if h[OFF_VERSION] != EVENT_VERSION {
