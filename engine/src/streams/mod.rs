@@ -8,6 +8,7 @@
 //! before the batch is encoded: they are race-free without a lock held across the fsync, and
 //! appends to different streams share group commits.
 
+mod ids;
 mod index;
 #[cfg(feature = "serde")]
 mod typed;
@@ -618,9 +619,19 @@ impl Store {
         if events.len() > BATCH_EVENTS_MAX {
             return Err(Error::TooManyEvents { count: events.len(), max: BATCH_EVENTS_MAX });
         }
-        let mut ids = Vec::with_capacity(events.len());
-        let mut bodies = Vec::with_capacity(events.len());
-        for e in events {
+        let mut ids: Vec<[u8; 16]> =
+            events.iter().map(|e| e.event_id.map_or([0; 16], |u| *u.as_bytes())).collect();
+        // Fresh ids for the events without one, the clock read once for all (see `ids`).
+        let mut fresh = vec![[0u8; 16]; events.iter().filter(|e| e.event_id.is_none()).count()];
+        ids::fill_v7(&mut fresh);
+        let unset = ids.iter_mut().zip(events).filter(|(_, e)| e.event_id.is_none());
+        for ((slot, _), id) in unset.zip(fresh) {
+            *slot = id;
+        }
+        // The bodies, encoded back to back in one buffer, and where each ends.
+        let mut buf = Vec::new();
+        let mut ends = Vec::with_capacity(events.len());
+        for (e, &id) in events.iter().zip(&ids) {
             if e.event_type.is_empty() || e.event_type.len() > EVENT_TYPE_BYTES_MAX {
                 return Err(Error::InvalidEventType {
                     reason: format!(
@@ -629,7 +640,6 @@ impl Store {
                     ),
                 });
             }
-            let id = *e.event_id.unwrap_or_else(Uuid::now_v7).as_bytes();
             let body = EventBody {
                 stream_id: stream,
                 event_type: &e.event_type,
@@ -637,17 +647,28 @@ impl Store {
                 metadata: &e.metadata,
                 data: &e.data,
             };
-            let mut buf = Vec::new();
             if body.encoded_len() > self.log.max_record_bytes() as usize {
                 return Err(Error::RecordTooLarge {
                     len: body.encoded_len() as u64,
                     max: self.log.max_record_bytes().into(),
                 });
             }
+            if buf.is_empty() {
+                // Sized for the batch if its events are alike (as they usually are).
+                buf.reserve(body.encoded_len().saturating_mul(events.len()));
+            }
             body.encode_into(&mut buf);
-            ids.push(id);
-            bodies.push(buf);
+            ends.push(buf.len());
         }
+        let mut start = 0;
+        let bodies: Vec<&[u8]> = ends
+            .iter()
+            .map(|&end| {
+                let body = buf.get(start..end).unwrap_or_default();
+                start = end;
+                body
+            })
+            .collect();
         self.shared.ensure_recent()?;
         let outcome: Arc<Mutex<Option<AppendResult>>> = Arc::default();
         let hook = {
