@@ -11,7 +11,7 @@
 //! or rebuilds them from the log when a block fails its check, and [`StreamIndex::install`]s
 //! them. The recent-id window likewise stays in the file until an append needs it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::HashMap;
 use std::sync::Arc;
@@ -133,8 +133,7 @@ struct Category {
 pub(crate) struct StreamIndex {
     streams: HashMap<Arc<str>, Entry>,
     categories: HashMap<Arc<str>, Category>,
-    recent: HashMap<[u8; 16], IdEntry>,
-    recent_order: VecDeque<[u8; 16]>,
+    recent: IdWindow,
     /// The id window as a checkpoint gave it (oldest first, at most `recent_max`), not yet in
     /// `recent`: an open leaves it here, and the first append (the only reader of the window)
     /// moves it into the map, so that opening a store does not hash up to 100,000 ids it may
@@ -155,6 +154,67 @@ pub(crate) struct StreamIndex {
     loaded_events: Option<u64>,
     /// Some part of the loaded checkpoint failed its check and was rebuilt from the log.
     repaired: bool,
+}
+
+/// The recent-id window: where each of the last ids indexed was written, and their order.
+///
+/// Kept ordered by id (the id as a big-endian number, so in byte order): the ids the store
+/// generates are UUID v7, which begin with their millisecond and, from one process, strictly
+/// increase (`streams::ids`), so a new id goes in at the tree's right end and the oldest
+/// leaves at its left end. Both paths stay in cache, where a hash map of 100,000 entries
+/// (several MB) cost a cache miss or two for each insert and each eviction, most of an
+/// append's time in the index. Ids a caller gives may be anything; they cost a descent of
+/// the tree (log n, as a hash map's miss costs about one).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct IdWindow {
+    by_id: BTreeMap<u128, IdEntry>,
+    /// The ids in `by_id`, oldest first.
+    order: VecDeque<u128>,
+}
+
+/// An id as the window's key.
+fn id_key(id: &[u8; 16]) -> u128 {
+    uuid::Uuid::from_bytes(*id).as_u128()
+}
+
+impl IdWindow {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn get(&self, id: &[u8; 16]) -> Option<&IdEntry> {
+        self.by_id.get(&id_key(id))
+    }
+
+    /// Remembers `id` at `entry`; an id already there keeps its place in the order and takes
+    /// the new entry.
+    fn insert(&mut self, id: &[u8; 16], entry: IdEntry) {
+        let key = id_key(id);
+        if self.by_id.insert(key, entry).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    /// Forgets the oldest id.
+    fn evict_oldest(&mut self) {
+        if let Some(old) = self.order.pop_front() {
+            self.by_id.remove(&old);
+        }
+    }
+
+    /// The ids and their entries, oldest first.
+    fn iter(&self) -> impl Iterator<Item = ([u8; 16], &IdEntry)> {
+        self.order
+            .iter()
+            .filter_map(|k| self.by_id.get(k).map(|e| (uuid::Uuid::from_u128(*k).into_bytes(), e)))
+    }
+
+    /// Approximate heap bytes: B-tree nodes (filled in key order, they end up about half
+    /// full) and the order.
+    fn heap_bytes(&self) -> u64 {
+        let per_id = 2 * std::mem::size_of::<(u128, IdEntry)>() + std::mem::size_of::<u128>();
+        (self.order.capacity() * per_id) as u64
+    }
 }
 
 /// The id window of a checkpoint, not yet hashed.
@@ -406,9 +466,7 @@ impl StreamIndex {
         }
         let skip = entries.len().saturating_sub(self.recent_max);
         for (id, entry) in entries.into_iter().skip(skip) {
-            if self.recent.insert(id, entry).is_none() {
-                self.recent_order.push_back(id);
-            }
+            self.recent.insert(&id, entry);
         }
     }
 
@@ -427,14 +485,11 @@ impl StreamIndex {
             return;
         }
         let pending = std::mem::take(&mut self.pending.ids);
-        self.recent.reserve(pending.len());
-        self.recent_order.reserve(pending.len());
+        self.recent.order.reserve(pending.len());
         for r in pending {
             if let Some(key) = self.pending.keys.get(r.stream as usize) {
                 let entry = IdEntry { stream: Arc::clone(key), version: r.version, seq: r.seq };
-                if self.recent.insert(r.event_id, entry).is_none() {
-                    self.recent_order.push_back(r.event_id);
-                }
+                self.recent.insert(&r.event_id, entry);
             }
         }
     }
@@ -476,14 +531,10 @@ impl StreamIndex {
         self.events += 1;
         if self.recent_max > 0 {
             self.materialize_recent();
-            if self.recent.len() >= self.recent_max
-                && let Some(old) = self.recent_order.pop_front()
-            {
-                self.recent.remove(&old);
+            if self.recent.len() >= self.recent_max {
+                self.recent.evict_oldest();
             }
-            if self.recent.insert(event_id, IdEntry { stream: key, version, seq }).is_none() {
-                self.recent_order.push_back(event_id);
-            }
+            self.recent.insert(&event_id, IdEntry { stream: key, version, seq });
         }
         version
     }
@@ -549,10 +600,9 @@ impl StreamIndex {
             Some(CheckpointId { stream: slot, ..*r })
         });
         let recent: Vec<CheckpointId> = pending
-            .chain(self.recent_order.iter().filter_map(|id| {
-                let e = self.recent.get(id)?;
+            .chain(self.recent.iter().filter_map(|(id, e)| {
                 let slot = *slot_of(&e.stream, e.seq)?;
-                Some(CheckpointId { event_id: *id, stream: slot, version: e.version, seq: e.seq })
+                Some(CheckpointId { event_id: id, stream: slot, version: e.version, seq: e.seq })
             }))
             .collect();
         Ok(crate::format::encode_v2(log_id, covered_seq, &streams, &recent))
@@ -644,10 +694,9 @@ impl StreamIndex {
                     + v.members.capacity() as u64 * 16
             })
             .sum();
-        let per_id = std::mem::size_of::<([u8; 16], IdEntry)>() as u64 + 8 + 16;
         let pending = self.pending.ids.capacity() * std::mem::size_of::<CheckpointId>()
             + self.pending.keys.capacity() * std::mem::size_of::<Arc<str>>();
-        streams + cats + self.recent.capacity() as u64 * per_id + pending as u64
+        streams + cats + self.recent.heap_bytes() + pending as u64
     }
 
     /// The index restricted to events below `covered_seq`, decoded (every stream read).
@@ -710,7 +759,6 @@ mod tests {
         assert_eq!(back.streams, expected.streams);
         assert_eq!(back.categories, expected.categories);
         assert_eq!(back.recent, expected.recent);
-        assert_eq!(back.recent_order, expected.recent_order);
         assert_eq!(back.events, expected.events);
     }
 
@@ -728,14 +776,57 @@ mod tests {
         again.materialize_recent();
         ix.materialize_recent();
         assert_eq!(again.recent, ix.recent);
-        assert_eq!(again.recent_order, ix.recent_order);
         // A smaller window keeps the newest ids; the first push evicts the oldest of them.
         let mut small = StreamIndex::from_checkpoint(ck, 2);
         small.push("s-0", 20, [20; 16]);
         assert!(small.recent(&[18; 16]).is_none());
         assert_eq!(small.recent(&[19; 16]).map(|e| e.version), Some(6));
         assert_eq!(small.recent(&[20; 16]).map(|e| e.version), Some(7));
-        assert_eq!(small.recent_order, [[19; 16], [20; 16]]);
+        let order: Vec<[u8; 16]> = small.recent.iter().map(|(id, _)| id).collect();
+        assert_eq!(order, [[19; 16], [20; 16]]);
+    }
+
+    #[test]
+    fn the_id_window_agrees_with_a_model_for_random_and_repeated_ids() {
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut ix = StreamIndex::new(50);
+        // The model: a plain list of (id, seq), oldest first; a repeated id keeps its place
+        // and takes the new seq.
+        let mut model: VecDeque<([u8; 16], u64)> = VecDeque::new();
+        let mut given: Vec<[u8; 16]> = Vec::new();
+        for seq in 0..2_000u64 {
+            // Increasing ids (as the store makes), random ones, and repeats of earlier ones.
+            let id = match next() % 3 {
+                0 => (u128::from(seq) << 64).to_le_bytes(),
+                1 => u128::from(next()).to_le_bytes(),
+                _ => given
+                    .get((next() % (given.len() as u64 + 1)) as usize)
+                    .copied()
+                    .unwrap_or([7; 16]),
+            };
+            given.push(id);
+            ix.push("s", seq, id);
+            if model.len() >= 50 {
+                model.pop_front();
+            }
+            match model.iter_mut().find(|(m, _)| *m == id) {
+                Some(slot) => slot.1 = seq,
+                None => model.push_back((id, seq)),
+            }
+            for probe in given.iter().rev().take(60) {
+                let want = model.iter().find(|(m, _)| m == probe).map(|&(_, s)| s);
+                assert_eq!(ix.recent(probe).map(|e| e.seq), want, "seq {seq}");
+            }
+            let order: Vec<[u8; 16]> = ix.recent.iter().map(|(id, _)| id).collect();
+            let want: Vec<[u8; 16]> = model.iter().map(|&(id, _)| id).collect();
+            assert_eq!(order, want, "seq {seq}");
+        }
     }
 
     #[test]
