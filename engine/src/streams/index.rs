@@ -11,7 +11,7 @@
 //! or rebuilds them from the log when a block fails its check, and [`StreamIndex::install`]s
 //! them. The recent-id window likewise stays in the file until an append needs it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use foldhash::HashMap;
 use std::sync::Arc;
@@ -158,64 +158,139 @@ pub(crate) struct StreamIndex {
 
 /// The recent-id window: where each of the last ids indexed was written, and their order.
 ///
-/// Kept ordered by id (the id as a big-endian number, so in byte order): the ids the store
-/// generates are UUID v7, which begin with their millisecond and, from one process, strictly
-/// increase (`streams::ids`), so a new id goes in at the tree's right end and the oldest
-/// leaves at its left end. Both paths stay in cache, where a hash map of 100,000 entries
-/// (several MB) cost a cache miss or two for each insert and each eviction, most of an
-/// append's time in the index. Ids a caller gives may be anything; they cost a descent of
-/// the tree (log n, as a hash map's miss costs about one).
-#[derive(Debug, Default, PartialEq, Eq)]
+/// The ids the store generates are UUID v7, which begin with their millisecond and, from
+/// one process, strictly increase (`streams::ids`). So the window keeps the ids that arrive
+/// in increasing order in a ring, oldest first, which is then also sorted by id: a new id
+/// is a push at its back, the oldest leaves from its front, and a lookup is a binary search.
+/// A hash map of 100,000 entries (several MB) cost a cache miss or two for each insert and
+/// each eviction, most of an append's time in the index. An id that is not above the ring's
+/// last (a caller's own id, which may be anything, or a clock that stepped back between
+/// processes) goes into a hash map with its own order instead; eviction takes the older of
+/// the two fronts by insertion number.
+#[derive(Debug, Default)]
 struct IdWindow {
-    by_id: BTreeMap<u128, IdEntry>,
-    /// The ids in `by_id`, oldest first.
-    order: VecDeque<u128>,
+    /// Ids in increasing order, which is also their insertion order.
+    sorted: VecDeque<(u128, Slot)>,
+    /// The other ids ...
+    others: HashMap<u128, Slot>,
+    /// ... oldest first, with their insertion numbers.
+    others_order: VecDeque<(u128, u64)>,
+    /// Insertions so far (the next one's number).
+    inserted: u64,
 }
 
-/// An id as the window's key.
+/// An id's entry and its insertion number.
+#[derive(Debug)]
+struct Slot {
+    at: u64,
+    entry: IdEntry,
+}
+
+/// An id as the window's key: the id as a big-endian number, so in byte order.
 fn id_key(id: &[u8; 16]) -> u128 {
     uuid::Uuid::from_bytes(*id).as_u128()
 }
 
 impl IdWindow {
     fn len(&self) -> usize {
-        self.order.len()
+        self.sorted.len() + self.others.len()
+    }
+
+    fn find_sorted(&self, key: u128) -> Option<usize> {
+        if self.sorted.back().is_none_or(|&(last, _)| key > last) {
+            return None;
+        }
+        self.sorted.binary_search_by_key(&key, |&(k, _)| k).ok()
     }
 
     fn get(&self, id: &[u8; 16]) -> Option<&IdEntry> {
-        self.by_id.get(&id_key(id))
+        let key = id_key(id);
+        match self.find_sorted(key) {
+            Some(i) => self.sorted.get(i).map(|(_, s)| &s.entry),
+            None => self.others.get(&key).map(|s| &s.entry),
+        }
     }
 
     /// Remembers `id` at `entry`; an id already there keeps its place in the order and takes
     /// the new entry.
     fn insert(&mut self, id: &[u8; 16], entry: IdEntry) {
         let key = id_key(id);
-        if self.by_id.insert(key, entry).is_none() {
-            self.order.push_back(key);
+        if let Some(s) = self.others.get_mut(&key) {
+            s.entry = entry;
+            return;
         }
+        let at = self.inserted;
+        if self.sorted.back().is_none_or(|&(last, _)| key > last) {
+            self.sorted.push_back((key, Slot { at, entry }));
+        } else if let Some(s) = self.find_sorted(key).and_then(|i| self.sorted.get_mut(i)) {
+            s.1.entry = entry;
+            return;
+        } else {
+            self.others.insert(key, Slot { at, entry });
+            self.others_order.push_back((key, at));
+        }
+        self.inserted += 1;
     }
 
     /// Forgets the oldest id.
     fn evict_oldest(&mut self) {
-        if let Some(old) = self.order.pop_front() {
-            self.by_id.remove(&old);
+        let sorted_first = self.sorted.front().map(|(_, s)| s.at);
+        let others_first = self.others_order.front().map(|&(_, at)| at);
+        match (sorted_first, others_first) {
+            (Some(a), Some(b)) if b < a => self.evict_other(),
+            (None, Some(_)) => self.evict_other(),
+            _ => {
+                self.sorted.pop_front();
+            }
+        }
+    }
+
+    fn evict_other(&mut self) {
+        if let Some((key, _)) = self.others_order.pop_front() {
+            self.others.remove(&key);
         }
     }
 
     /// The ids and their entries, oldest first.
     fn iter(&self) -> impl Iterator<Item = ([u8; 16], &IdEntry)> {
-        self.order
+        let mut sorted = self.sorted.iter().map(|(k, s)| (*k, s)).peekable();
+        let mut others = self
+            .others_order
             .iter()
-            .filter_map(|k| self.by_id.get(k).map(|e| (uuid::Uuid::from_u128(*k).into_bytes(), e)))
+            .filter_map(|(k, _)| self.others.get(k).map(|s| (*k, s)))
+            .peekable();
+        std::iter::from_fn(move || {
+            let take_other = match (sorted.peek(), others.peek()) {
+                (Some((_, a)), Some((_, b))) => b.at < a.at,
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            let next = if take_other { others.next() } else { sorted.next() };
+            next.map(|(k, s)| (uuid::Uuid::from_u128(k).into_bytes(), &s.entry))
+        })
     }
 
-    /// Approximate heap bytes: B-tree nodes (filled in key order, they end up about half
-    /// full) and the order.
+    fn reserve(&mut self, n: usize) {
+        self.sorted.reserve(n);
+    }
+
+    /// Approximate heap bytes.
     fn heap_bytes(&self) -> u64 {
-        let per_id = 2 * std::mem::size_of::<(u128, IdEntry)>() + std::mem::size_of::<u128>();
-        (self.order.capacity() * per_id) as u64
+        let ring = self.sorted.capacity() * std::mem::size_of::<(u128, Slot)>();
+        let map = self.others.capacity() * (std::mem::size_of::<(u128, Slot)>() + 1);
+        let order = self.others_order.capacity() * std::mem::size_of::<(u128, u64)>();
+        (ring + map + order) as u64
     }
 }
+
+/// Equal when they hold the same ids with the same entries in the same order.
+impl PartialEq for IdWindow {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for IdWindow {}
 
 /// The id window of a checkpoint, not yet hashed.
 #[derive(Debug, Default)]
@@ -485,7 +560,7 @@ impl StreamIndex {
             return;
         }
         let pending = std::mem::take(&mut self.pending.ids);
-        self.recent.order.reserve(pending.len());
+        self.recent.reserve(pending.len());
         for r in pending {
             if let Some(key) = self.pending.keys.get(r.stream as usize) {
                 let entry = IdEntry { stream: Arc::clone(key), version: r.version, seq: r.seq };
