@@ -586,32 +586,43 @@ impl StreamIndex {
 
     /// Records an event at `seq` (seqs arrive in increasing order) and returns its version.
     pub(crate) fn push(&mut self, stream: &str, seq: u64, event_id: [u8; 16]) -> u64 {
+        self.push_run(stream, seq, &[event_id])
+    }
+
+    /// Records events of one stream at consecutive seqs from `first_seq` (above every seq
+    /// indexed), with ids `ids`, and returns the first one's version. One lookup of the
+    /// stream and its category for the run.
+    pub(crate) fn push_run(&mut self, stream: &str, first_seq: u64, ids: &[[u8; 16]]) -> u64 {
         let key: Arc<str> = match self.streams.get_key_value(stream) {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(stream),
         };
         let e = self.streams.entry(Arc::clone(&key)).or_default();
-        debug_assert!(e.seqs.last().is_none_or(|&last| last < seq));
-        let version = e.len();
-        e.seqs.push(seq);
+        debug_assert!(e.seqs.last().is_none_or(|&last| last < first_seq));
+        let first_version = e.len();
+        let seqs = first_seq..first_seq + ids.len() as u64;
+        e.seqs.extend(seqs.clone());
         if let Some(cat) = category_of(stream) {
             match self.categories.get_mut(cat) {
-                Some(c) => c.seqs.push(seq),
+                Some(c) => c.seqs.extend(seqs.clone()),
                 None => {
-                    let c = Category { seqs: vec![seq], ..Category::default() };
+                    let c = Category { seqs: seqs.clone().collect(), ..Category::default() };
                     self.categories.insert(Arc::from(cat), c);
                 }
             }
         }
-        self.events += 1;
+        self.events += ids.len() as u64;
         if self.recent_max > 0 {
             self.materialize_recent();
-            if self.recent.len() >= self.recent_max {
-                self.recent.evict_oldest();
+            for ((id, seq), version) in ids.iter().zip(seqs).zip(first_version..) {
+                if self.recent.len() >= self.recent_max {
+                    self.recent.evict_oldest();
+                }
+                let entry = IdEntry { stream: Arc::clone(&key), version, seq };
+                self.recent.insert(id, entry);
             }
-            self.recent.insert(&event_id, IdEntry { stream: key, version, seq });
         }
-        version
+        first_version
     }
 
     /// Whether a checkpoint at `covered_seq` would say what the loaded one says: nothing

@@ -968,9 +968,7 @@ fn check_and_index(
     if !ok {
         return Err(wrong());
     }
-    for (i, id) in ids.iter().enumerate() {
-        ix.push(stream, first_seq + i as u64, *id);
-    }
+    ix.push_run(stream, first_seq, ids);
     Ok((AppendResult { first_seq, first_version: len, count }, true))
 }
 
