@@ -628,9 +628,7 @@ impl Store {
         for ((slot, _), id) in unset.zip(fresh) {
             *slot = id;
         }
-        // The bodies, encoded back to back in one buffer, and where each ends.
-        let mut buf = Vec::new();
-        let mut ends = Vec::with_capacity(events.len());
+        let mut lens = Vec::with_capacity(events.len());
         for (e, &id) in events.iter().zip(&ids) {
             if e.event_type.is_empty() || e.event_type.len() > EVENT_TYPE_BYTES_MAX {
                 return Err(Error::InvalidEventType {
@@ -640,35 +638,21 @@ impl Store {
                     ),
                 });
             }
-            let body = EventBody {
-                stream_id: stream,
-                event_type: &e.event_type,
-                event_id: id,
-                metadata: &e.metadata,
-                data: &e.data,
-            };
-            if body.encoded_len() > self.log.max_record_bytes() as usize {
+            let len = event_body(stream, e, id).encoded_len();
+            if len > self.log.max_record_bytes() as usize {
                 return Err(Error::RecordTooLarge {
-                    len: body.encoded_len() as u64,
+                    len: len as u64,
                     max: self.log.max_record_bytes().into(),
                 });
             }
-            if buf.is_empty() {
-                // Sized for the batch if its events are alike (as they usually are).
-                buf.reserve(body.encoded_len().saturating_mul(events.len()));
-            }
-            body.encode_into(&mut buf);
-            ends.push(buf.len());
+            lens.push(len);
         }
-        let mut start = 0;
-        let bodies: Vec<&[u8]> = ends
-            .iter()
-            .map(|&end| {
-                let body = buf.get(start..end).unwrap_or_default();
-                start = end;
-                body
-            })
-            .collect();
+        // The bodies are encoded straight into the batch frame.
+        let batch = self.log.prepare_with(&lens, |i, out| {
+            if let (Some(e), Some(&id)) = (events.get(i), ids.get(i)) {
+                event_body(stream, e, id).encode_into(out);
+            }
+        })?;
         self.shared.ensure_recent()?;
         let outcome: Arc<Mutex<Option<AppendResult>>> = Arc::default();
         let hook = {
@@ -683,7 +667,7 @@ impl Store {
                 Ok(write)
             }
         };
-        let appended = self.log.append_hooked(&bodies, Box::new(hook))?;
+        let appended = self.log.append_prepared_hooked(batch, Box::new(hook))?;
         self.after_append();
         let result = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = result.ok_or(Error::Closed)?;
@@ -922,6 +906,17 @@ fn decode_shared(rec: Record, version: u64, known: Known<'_>) -> Result<(Recorde
         data: payload,
     };
     Ok((event, Same { stream: same_stream, event_type: same_type }))
+}
+
+/// The body of `e` as an event of `stream` with id `id`.
+fn event_body<'a>(stream: &'a str, e: &'a NewEvent, id: [u8; 16]) -> EventBody<'a> {
+    EventBody {
+        stream_id: stream,
+        event_type: &e.event_type,
+        event_id: id,
+        metadata: &e.metadata,
+        data: &e.data,
+    }
 }
 
 /// The leader-side decision for one append: idempotent replay, version check, and indexing.
