@@ -685,12 +685,25 @@ impl StreamIndex {
             let slot = *slot_of(key, r.seq)?;
             Some(CheckpointId { stream: slot, ..*r })
         });
-        let recent: Vec<CheckpointId> = pending
-            .chain(self.recent.iter().filter_map(|(id, e)| {
-                let slot = *slot_of(&e.stream, e.seq)?;
-                Some(CheckpointId { event_id: id, stream: slot, version: e.version, seq: e.seq })
-            }))
-            .collect();
+        let mut recent: Vec<CheckpointId> = pending.collect();
+        recent.reserve(self.recent.len());
+        // Runs of ids of one stream are the rule: its slot is looked up once per run (this
+        // runs under the index lock, which appends wait for).
+        let mut last: Option<(&Arc<str>, Option<u32>)> = None;
+        for (id, e) in self.recent.iter() {
+            let slot = match last {
+                Some((stream, slot)) if Arc::ptr_eq(stream, &e.stream) => slot,
+                _ => {
+                    let slot = slots.get(&*e.stream).copied();
+                    last = Some((&e.stream, slot));
+                    slot
+                }
+            };
+            if let Some(slot) = slot.filter(|_| e.seq < covered_seq) {
+                let (version, seq) = (e.version, e.seq);
+                recent.push(CheckpointId { event_id: id, stream: slot, version, seq });
+            }
+        }
         Ok(crate::format::encode_v2(log_id, covered_seq, &streams, &recent))
     }
 
