@@ -23,9 +23,12 @@ use crate::format::{
 use crate::fs::StorageFile;
 
 /// Where an event id was written, remembered for idempotent retries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IdEntry {
-    pub stream: Arc<str>,
+    /// The stream, by its number ([`StreamIndex::stream_number`]): a plain number keeps the
+    /// window's 100,000 entries small and free of reference counts (an `Arc` per entry cost
+    /// an atomic operation on every insert and a cache miss on every eviction).
+    pub stream: usize,
     pub version: u64,
     pub seq: u64,
 }
@@ -134,6 +137,10 @@ pub(crate) struct StreamIndex {
     streams: HashMap<Arc<str>, Entry>,
     categories: HashMap<Arc<str>, Category>,
     recent: IdWindow,
+    /// Numbers of the streams the id window refers to, and their ids by number (streams
+    /// are never removed, so a number stays valid).
+    numbers: HashMap<Arc<str>, usize>,
+    names: Vec<Arc<str>>,
     /// The id window as a checkpoint gave it (oldest first, at most `recent_max`), not yet in
     /// `recent`: an open leaves it here, and the first append (the only reader of the window)
     /// moves it into the map, so that opening a store does not hash up to 100,000 ids it may
@@ -535,13 +542,14 @@ impl StreamIndex {
             let Some(n) = left.get_mut(s.as_str()) else { continue };
             // The n-th last of the stream's events below the covered seq.
             if let Some(version) = total.checked_sub(*n) {
-                entries.push((*id, IdEntry { stream: Arc::clone(key), version, seq: *seq }));
+                entries.push((*id, Arc::clone(key), version, *seq));
             }
             *n -= 1;
         }
         let skip = entries.len().saturating_sub(self.recent_max);
-        for (id, entry) in entries.into_iter().skip(skip) {
-            self.recent.insert(&id, entry);
+        for (id, key, version, seq) in entries.into_iter().skip(skip) {
+            let stream = self.intern(&key);
+            self.recent.insert(&id, IdEntry { stream, version, seq });
         }
     }
 
@@ -562,11 +570,28 @@ impl StreamIndex {
         let pending = std::mem::take(&mut self.pending.ids);
         self.recent.reserve(pending.len());
         for r in pending {
-            if let Some(key) = self.pending.keys.get(r.stream as usize) {
-                let entry = IdEntry { stream: Arc::clone(key), version: r.version, seq: r.seq };
+            if let Some(key) = self.pending.keys.get(r.stream as usize).cloned() {
+                let stream = self.intern(&key);
+                let entry = IdEntry { stream, version: r.version, seq: r.seq };
                 self.recent.insert(&r.event_id, entry);
             }
         }
+    }
+
+    /// The number of `key` in the id window's entries, given it if it has none yet.
+    fn intern(&mut self, key: &Arc<str>) -> usize {
+        if let Some(&n) = self.numbers.get(key) {
+            return n;
+        }
+        let n = self.names.len();
+        self.names.push(Arc::clone(key));
+        self.numbers.insert(Arc::clone(key), n);
+        n
+    }
+
+    /// The number `stream` has in the id window's entries, if any entry was given one.
+    pub(crate) fn stream_number(&self, stream: &str) -> Option<usize> {
+        self.numbers.get(stream).copied()
     }
 
     /// All stream ids.
@@ -597,6 +622,7 @@ impl StreamIndex {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(stream),
         };
+        let number = if self.recent_max > 0 { self.intern(&key) } else { 0 };
         let e = self.streams.entry(Arc::clone(&key)).or_default();
         debug_assert!(e.seqs.last().is_none_or(|&last| last < first_seq));
         let first_version = e.len();
@@ -618,8 +644,7 @@ impl StreamIndex {
                 if self.recent.len() >= self.recent_max {
                     self.recent.evict_oldest();
                 }
-                let entry = IdEntry { stream: Arc::clone(&key), version, seq };
-                self.recent.insert(id, entry);
+                self.recent.insert(id, IdEntry { stream: number, version, seq });
             }
         }
         first_version
@@ -689,13 +714,14 @@ impl StreamIndex {
         recent.reserve(self.recent.len());
         // Runs of ids of one stream are the rule: its slot is looked up once per run (this
         // runs under the index lock, which appends wait for).
-        let mut last: Option<(&Arc<str>, Option<u32>)> = None;
+        let mut last: Option<(usize, Option<u32>)> = None;
         for (id, e) in self.recent.iter() {
             let slot = match last {
-                Some((stream, slot)) if Arc::ptr_eq(stream, &e.stream) => slot,
+                Some((stream, slot)) if stream == e.stream => slot,
                 _ => {
-                    let slot = slots.get(&*e.stream).copied();
-                    last = Some((&e.stream, slot));
+                    let name = self.names.get(e.stream);
+                    let slot = name.and_then(|n| slots.get(&**n).copied());
+                    last = Some((e.stream, slot));
                     slot
                 }
             };
@@ -795,7 +821,15 @@ impl StreamIndex {
             .sum();
         let pending = self.pending.ids.capacity() * std::mem::size_of::<CheckpointId>()
             + self.pending.keys.capacity() * std::mem::size_of::<Arc<str>>();
-        streams + cats + self.recent.heap_bytes() + pending as u64
+        let numbers = self.names.capacity() * 16 + self.numbers.capacity() * 25;
+        streams + cats + self.recent.heap_bytes() + pending as u64 + numbers as u64
+    }
+
+    /// The id window with stream ids, oldest first (numbers differ between indexes).
+    #[cfg(test)]
+    fn recent_view(&self) -> Vec<([u8; 16], Arc<str>, u64, u64)> {
+        let name = |n: usize| Arc::clone(&self.names[n]);
+        self.recent.iter().map(|(id, e)| (id, name(e.stream), e.version, e.seq)).collect()
     }
 
     /// The index restricted to events below `covered_seq`, decoded (every stream read).
@@ -857,7 +891,7 @@ mod tests {
         }
         assert_eq!(back.streams, expected.streams);
         assert_eq!(back.categories, expected.categories);
-        assert_eq!(back.recent, expected.recent);
+        assert_eq!(back.recent_view(), expected.recent_view());
         assert_eq!(back.events, expected.events);
     }
 
@@ -874,7 +908,7 @@ mod tests {
         let mut again = StreamIndex::from_checkpoint(loaded.to_checkpoint([1; 16], 20), 5);
         again.materialize_recent();
         ix.materialize_recent();
-        assert_eq!(again.recent, ix.recent);
+        assert_eq!(again.recent_view(), ix.recent_view());
         // A smaller window keeps the newest ids; the first push evicts the oldest of them.
         let mut small = StreamIndex::from_checkpoint(ck, 2);
         small.push("s-0", 20, [20; 16]);

@@ -936,8 +936,9 @@ fn check_and_index(
         expected,
         actual: len.checked_sub(1),
     };
-    if let Some(first) = ids.first().and_then(|id| ix.recent(id))
-        && first.stream == *stream
+    let number = ix.stream_number(stream);
+    if let Some(first) = ids.first().and_then(|id| ix.recent(id)).copied()
+        && Some(first.stream) == number
     {
         let position_ok = match expected {
             ExpectedVersion::Exact(v) => v.checked_add(1) == Some(first.version),
@@ -946,7 +947,7 @@ fn check_and_index(
         };
         let all_match = ids.iter().enumerate().all(|(i, id)| {
             ix.recent(id)
-                .is_some_and(|e| e.stream == *stream && e.version == first.version + i as u64)
+                .is_some_and(|e| e.stream == first.stream && e.version == first.version + i as u64)
         });
         if position_ok && all_match {
             let result = AppendResult { first_seq: first.seq, first_version: first.version, count };
