@@ -30,6 +30,9 @@ const COUNTER_MAX: u64 = (1 << COUNTER_BITS) - 1;
 /// reseeds the same way), which leaves at least 2^41 ids for the millisecond.
 const COUNTER_SEED_MASK: u64 = (1 << (COUNTER_BITS - 1)) - 1;
 
+// A batch's run of counters fits in a millisecond whatever its random start.
+const _: () = assert!(crate::limits::BATCH_EVENTS_MAX as u64 <= COUNTER_MAX - COUNTER_SEED_MASK);
+
 /// The generator's state: the last millisecond and counter handed out.
 #[derive(Debug)]
 struct IdClock {

@@ -622,11 +622,16 @@ impl Store {
         let mut ids: Vec<[u8; 16]> =
             events.iter().map(|e| e.event_id.map_or([0; 16], |u| *u.as_bytes())).collect();
         // Fresh ids for the events without one, the clock read once for all (see `ids`).
-        let mut fresh = vec![[0u8; 16]; events.iter().filter(|e| e.event_id.is_none()).count()];
-        ids::fill_v7(&mut fresh);
-        let unset = ids.iter_mut().zip(events).filter(|(_, e)| e.event_id.is_none());
-        for ((slot, _), id) in unset.zip(fresh) {
-            *slot = id;
+        let unset = events.iter().filter(|e| e.event_id.is_none()).count();
+        if unset == events.len() {
+            ids::fill_v7(&mut ids);
+        } else if unset > 0 {
+            let mut fresh = vec![[0u8; 16]; unset];
+            ids::fill_v7(&mut fresh);
+            let slots = ids.iter_mut().zip(events).filter(|(_, e)| e.event_id.is_none());
+            for ((slot, _), id) in slots.zip(fresh) {
+                *slot = id;
+            }
         }
         let mut lens = Vec::with_capacity(events.len());
         for (e, &id) in events.iter().zip(&ids) {
