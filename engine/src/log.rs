@@ -358,6 +358,7 @@ impl Log {
     }
 
     /// Appends with a leader-side check (see `commit::CommitHook`).
+    #[cfg(test)]
     pub(crate) fn append_hooked<P: AsRef<[u8]>>(
         &self,
         payloads: &[P],
@@ -369,27 +370,55 @@ impl Log {
 
     /// Checks the limits and encodes a batch on the calling thread.
     pub(crate) fn prepare<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<PreparedBatch> {
-        if payloads.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
+        self.check_batch(payloads.iter().map(|p| p.as_ref().len()))?;
+        Ok(PreparedBatch::new(payloads))
+    }
+
+    /// Checks the limits for payloads of `lens` bytes and encodes a batch whose payloads
+    /// `write` writes straight into the frame (see [`PreparedBatch::from_writer`]).
+    pub(crate) fn prepare_with(
+        &self,
+        lens: &[usize],
+        write: impl FnMut(usize, &mut Vec<u8>),
+    ) -> Result<PreparedBatch> {
+        self.check_batch(lens.iter().copied())?;
+        Ok(PreparedBatch::from_writer(lens, write))
+    }
+
+    /// Appends a batch from [`Log::prepare_with`] with a leader-side check (see
+    /// `commit::CommitHook`).
+    pub(crate) fn append_prepared_hooked(
+        &self,
+        batch: PreparedBatch,
+        hook: crate::commit::CommitHook,
+    ) -> Result<Appended> {
+        self.inner.append_prepared(batch, Some(hook))
+    }
+
+    /// The limits on a batch of payloads of these lengths.
+    fn check_batch(&self, lens: impl Iterator<Item = usize> + Clone) -> Result<()> {
         let max = self.inner.opts.max_record_bytes;
-        for p in payloads {
-            let len = p.as_ref().len() as u64;
-            if len > u64::from(max) {
-                return Err(Error::RecordTooLarge { len, max: max.into() });
+        let mut records = 0u64;
+        for len in lens.clone() {
+            records += 1;
+            if len as u64 > u64::from(max) {
+                return Err(Error::RecordTooLarge { len: len as u64, max: max.into() });
             }
         }
-        let bytes = crate::format::batch_frame_bytes(payloads.iter().map(|p| p.as_ref().len()));
+        if records == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        let bytes = crate::format::batch_frame_bytes(lens);
         let capacity = self.inner.opts.segment_capacity();
-        if payloads.len() as u64 > u64::from(BATCH_RECORDS_MAX) || bytes > capacity {
+        if records > u64::from(BATCH_RECORDS_MAX) || bytes > capacity {
             return Err(Error::BatchTooLarge {
-                records: payloads.len() as u64,
+                records,
                 bytes,
                 max_records: BATCH_RECORDS_MAX.into(),
                 max_bytes: capacity,
             });
         }
-        Ok(PreparedBatch::new(payloads))
+        Ok(())
     }
 
     /// Forces an fsync of everything written so far (a no-op under `Durability::Sync`, where

@@ -71,6 +71,28 @@ fn idempotent_retries_return_the_original_result() {
 }
 
 #[test]
+fn a_batch_mixing_given_and_fresh_ids_keeps_the_given_ones_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let given = [Uuid::new_v4(), Uuid::new_v4()];
+    let batch = [ev("E", "a"), ev("E", "b").with_id(given[0]), ev("E", "c"), ev("E", "d")];
+    let tail = [ev("E", "e").with_id(given[1]), ev("E", "f")];
+    store.append("mix-1", ExpectedVersion::NoStream, &batch).unwrap();
+    store.append("mix-1", ExpectedVersion::Exact(3), &tail).unwrap();
+    let read = store.read_stream("mix-1", 0, Direction::Forward, 10).unwrap();
+    let ids: Vec<Uuid> = read.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 6);
+    assert_eq!((ids[1], ids[4]), (given[0], given[1]));
+    let fresh = [ids[0], ids[2], ids[3], ids[5]];
+    assert!(fresh.iter().all(|id| id.get_version_num() == 7), "{fresh:?}");
+    assert!(fresh.windows(2).all(|w| w[0] < w[1]), "fresh ids increase: {fresh:?}");
+    // The given ids make retries idempotent; the fresh ones were remembered too.
+    let again = store.append("mix-1", ExpectedVersion::Exact(3), &tail[..1]).unwrap();
+    assert_eq!((again.first_version, again.count), (4, 1));
+    assert_eq!(store.stream_version("mix-1"), Some(5));
+}
+
+#[test]
 fn bad_input_is_a_typed_error_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();

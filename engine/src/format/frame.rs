@@ -340,6 +340,32 @@ impl PreparedBatch {
         PreparedBatch { buf, payload_crcs }
     }
 
+    /// Encodes `lens.len()` records (non-empty, each within the limits the caller checked)
+    /// whose payloads are written straight into the frame: `write(i, out)` appends record
+    /// `i`'s payload to `out`, exactly `lens[i]` bytes (asserted). A caller that encodes its
+    /// payloads anyway (the store's event bodies) spares itself a buffer and a copy.
+    pub fn from_writer(lens: &[usize], mut write: impl FnMut(usize, &mut Vec<u8>)) -> Self {
+        assert!(!lens.is_empty() && lens.len() <= BATCH_RECORDS_MAX as usize);
+        let total = batch_frame_bytes(lens.iter().copied());
+        let mut buf = Vec::with_capacity(total as usize);
+        buf.resize(FRAME_HEADER_BYTES, 0);
+        let mut payload_crcs = Vec::with_capacity(lens.len());
+        for (i, &len) in lens.iter().enumerate() {
+            assert!(len <= RECORD_BODY_BYTES_MAX as usize, "payload over RECORD_BODY_BYTES_MAX");
+            let mut h = [0u8; RECORD_HEADER_BYTES];
+            LE::write_u32(&mut h[REC_OFF_LEN..REC_OFF_SEQ], len as u32);
+            buf.extend_from_slice(&h);
+            let start = buf.len();
+            write(i, &mut buf);
+            assert_eq!(buf.len() - start, len, "a payload of another length than declared");
+            let mut h = crc32fast::Hasher::new();
+            h.update(&buf[start..]);
+            payload_crcs.push((len as u32, h));
+        }
+        buf.resize(total as usize, 0);
+        PreparedBatch { buf, payload_crcs }
+    }
+
     /// The frame bytes as last finalized (before `finalize`, with placeholder headers).
     pub fn bytes(&self) -> &[u8] {
         &self.buf
@@ -401,6 +427,24 @@ mod tests {
     fn all_zero_frame_and_record_never_validate() {
         assert!(decode_frame_header(&[0u8; FRAME_HEADER_BYTES]).is_err());
         assert!(decode_record_header(&[0u8; 64], 0, 1024).is_err());
+    }
+
+    #[test]
+    fn a_batch_from_a_writer_is_the_batch_of_its_payloads() {
+        let payloads: [&[u8]; 4] = [b"a", b"", b"hello world", &[7; 300]];
+        let lens: Vec<usize> = payloads.iter().map(|p| p.len()).collect();
+        let at = Placement {
+            seq: 3,
+            file_offset: 4096,
+            synced_through: 64,
+            log_tag: 0x1234,
+            timestamp_us: 9,
+        };
+        let mut copied = PreparedBatch::new(&payloads);
+        let mut written =
+            PreparedBatch::from_writer(&lens, |i, out| out.extend_from_slice(payloads[i]));
+        assert_eq!(written.count(), copied.count());
+        assert_eq!(written.finalize(at), copied.finalize(at));
     }
 
     #[test]

@@ -23,9 +23,12 @@ use crate::format::{
 use crate::fs::StorageFile;
 
 /// Where an event id was written, remembered for idempotent retries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IdEntry {
-    pub stream: Arc<str>,
+    /// The stream, by its number ([`StreamIndex::stream_number`]): a plain number keeps the
+    /// window's 100,000 entries small and free of reference counts (an `Arc` per entry cost
+    /// an atomic operation on every insert and a cache miss on every eviction).
+    pub stream: usize,
     pub version: u64,
     pub seq: u64,
 }
@@ -133,8 +136,11 @@ struct Category {
 pub(crate) struct StreamIndex {
     streams: HashMap<Arc<str>, Entry>,
     categories: HashMap<Arc<str>, Category>,
-    recent: HashMap<[u8; 16], IdEntry>,
-    recent_order: VecDeque<[u8; 16]>,
+    recent: IdWindow,
+    /// Numbers of the streams the id window refers to, and their ids by number (streams
+    /// are never removed, so a number stays valid).
+    numbers: HashMap<Arc<str>, usize>,
+    names: Vec<Arc<str>>,
     /// The id window as a checkpoint gave it (oldest first, at most `recent_max`), not yet in
     /// `recent`: an open leaves it here, and the first append (the only reader of the window)
     /// moves it into the map, so that opening a store does not hash up to 100,000 ids it may
@@ -156,6 +162,144 @@ pub(crate) struct StreamIndex {
     /// Some part of the loaded checkpoint failed its check and was rebuilt from the log.
     repaired: bool,
 }
+
+/// The recent-id window: where each of the last ids indexed was written, and their order.
+///
+/// The ids the store generates are UUID v7, which begin with their millisecond and, from
+/// one process, strictly increase (`streams::ids`). So the window keeps the ids that arrive
+/// in increasing order in a ring, oldest first, which is then also sorted by id: a new id
+/// is a push at its back, the oldest leaves from its front, and a lookup is a binary search.
+/// A hash map of 100,000 entries (several MB) cost a cache miss or two for each insert and
+/// each eviction, most of an append's time in the index. An id that is not above the ring's
+/// last (a caller's own id, which may be anything, or a clock that stepped back between
+/// processes) goes into a hash map with its own order instead; eviction takes the older of
+/// the two fronts by insertion number. A caller's id above the generated ones (a random v4
+/// id, most of the time) sends the generated ids after it to the map until it leaves the
+/// window: as slow as a hash map alone, never slower.
+#[derive(Debug, Default)]
+struct IdWindow {
+    /// Ids in increasing order, which is also their insertion order.
+    sorted: VecDeque<(u128, Slot)>,
+    /// The other ids ...
+    others: HashMap<u128, Slot>,
+    /// ... oldest first, with their insertion numbers.
+    others_order: VecDeque<(u128, u64)>,
+    /// Insertions so far (the next one's number).
+    inserted: u64,
+}
+
+/// An id's entry and its insertion number.
+#[derive(Debug)]
+struct Slot {
+    at: u64,
+    entry: IdEntry,
+}
+
+/// An id as the window's key: the id as a big-endian number, so in byte order.
+fn id_key(id: &[u8; 16]) -> u128 {
+    uuid::Uuid::from_bytes(*id).as_u128()
+}
+
+impl IdWindow {
+    fn len(&self) -> usize {
+        self.sorted.len() + self.others.len()
+    }
+
+    fn find_sorted(&self, key: u128) -> Option<usize> {
+        if self.sorted.back().is_none_or(|&(last, _)| key > last) {
+            return None;
+        }
+        self.sorted.binary_search_by_key(&key, |&(k, _)| k).ok()
+    }
+
+    fn get(&self, id: &[u8; 16]) -> Option<&IdEntry> {
+        let key = id_key(id);
+        match self.find_sorted(key) {
+            Some(i) => self.sorted.get(i).map(|(_, s)| &s.entry),
+            None => self.others.get(&key).map(|s| &s.entry),
+        }
+    }
+
+    /// Remembers `id` at `entry`; an id already there keeps its place in the order and takes
+    /// the new entry.
+    fn insert(&mut self, id: &[u8; 16], entry: IdEntry) {
+        let key = id_key(id);
+        if let Some(s) = self.others.get_mut(&key) {
+            s.entry = entry;
+            return;
+        }
+        let at = self.inserted;
+        if self.sorted.back().is_none_or(|&(last, _)| key > last) {
+            self.sorted.push_back((key, Slot { at, entry }));
+        } else if let Some(s) = self.find_sorted(key).and_then(|i| self.sorted.get_mut(i)) {
+            s.1.entry = entry;
+            return;
+        } else {
+            self.others.insert(key, Slot { at, entry });
+            self.others_order.push_back((key, at));
+        }
+        self.inserted += 1;
+    }
+
+    /// Forgets the oldest id.
+    fn evict_oldest(&mut self) {
+        let sorted_first = self.sorted.front().map(|(_, s)| s.at);
+        let others_first = self.others_order.front().map(|&(_, at)| at);
+        match (sorted_first, others_first) {
+            (Some(a), Some(b)) if b < a => self.evict_other(),
+            (None, Some(_)) => self.evict_other(),
+            _ => {
+                self.sorted.pop_front();
+            }
+        }
+    }
+
+    fn evict_other(&mut self) {
+        if let Some((key, _)) = self.others_order.pop_front() {
+            self.others.remove(&key);
+        }
+    }
+
+    /// The ids and their entries, oldest first.
+    fn iter(&self) -> impl Iterator<Item = ([u8; 16], &IdEntry)> {
+        let mut sorted = self.sorted.iter().map(|(k, s)| (*k, s)).peekable();
+        let mut others = self
+            .others_order
+            .iter()
+            .filter_map(|(k, _)| self.others.get(k).map(|s| (*k, s)))
+            .peekable();
+        std::iter::from_fn(move || {
+            let take_other = match (sorted.peek(), others.peek()) {
+                (Some((_, a)), Some((_, b))) => b.at < a.at,
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            let next = if take_other { others.next() } else { sorted.next() };
+            next.map(|(k, s)| (uuid::Uuid::from_u128(k).into_bytes(), &s.entry))
+        })
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.sorted.reserve(n);
+    }
+
+    /// Approximate heap bytes.
+    fn heap_bytes(&self) -> u64 {
+        let ring = self.sorted.capacity() * std::mem::size_of::<(u128, Slot)>();
+        let map = self.others.capacity() * (std::mem::size_of::<(u128, Slot)>() + 1);
+        let order = self.others_order.capacity() * std::mem::size_of::<(u128, u64)>();
+        (ring + map + order) as u64
+    }
+}
+
+/// Equal when they hold the same ids with the same entries in the same order.
+impl PartialEq for IdWindow {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for IdWindow {}
 
 /// The id window of a checkpoint, not yet hashed.
 #[derive(Debug, Default)]
@@ -400,15 +544,14 @@ impl StreamIndex {
             let Some(n) = left.get_mut(s.as_str()) else { continue };
             // The n-th last of the stream's events below the covered seq.
             if let Some(version) = total.checked_sub(*n) {
-                entries.push((*id, IdEntry { stream: Arc::clone(key), version, seq: *seq }));
+                entries.push((*id, Arc::clone(key), version, *seq));
             }
             *n -= 1;
         }
         let skip = entries.len().saturating_sub(self.recent_max);
-        for (id, entry) in entries.into_iter().skip(skip) {
-            if self.recent.insert(id, entry).is_none() {
-                self.recent_order.push_back(id);
-            }
+        for (id, key, version, seq) in entries.into_iter().skip(skip) {
+            let stream = self.intern(&key);
+            self.recent.insert(&id, IdEntry { stream, version, seq });
         }
     }
 
@@ -428,15 +571,29 @@ impl StreamIndex {
         }
         let pending = std::mem::take(&mut self.pending.ids);
         self.recent.reserve(pending.len());
-        self.recent_order.reserve(pending.len());
         for r in pending {
-            if let Some(key) = self.pending.keys.get(r.stream as usize) {
-                let entry = IdEntry { stream: Arc::clone(key), version: r.version, seq: r.seq };
-                if self.recent.insert(r.event_id, entry).is_none() {
-                    self.recent_order.push_back(r.event_id);
-                }
+            if let Some(key) = self.pending.keys.get(r.stream as usize).cloned() {
+                let stream = self.intern(&key);
+                let entry = IdEntry { stream, version: r.version, seq: r.seq };
+                self.recent.insert(&r.event_id, entry);
             }
         }
+    }
+
+    /// The number of `key` in the id window's entries, given it if it has none yet.
+    fn intern(&mut self, key: &Arc<str>) -> usize {
+        if let Some(&n) = self.numbers.get(key) {
+            return n;
+        }
+        let n = self.names.len();
+        self.names.push(Arc::clone(key));
+        self.numbers.insert(Arc::clone(key), n);
+        n
+    }
+
+    /// The number `stream` has in the id window's entries, if any entry was given one.
+    pub(crate) fn stream_number(&self, stream: &str) -> Option<usize> {
+        self.numbers.get(stream).copied()
     }
 
     /// All stream ids.
@@ -456,36 +613,43 @@ impl StreamIndex {
 
     /// Records an event at `seq` (seqs arrive in increasing order) and returns its version.
     pub(crate) fn push(&mut self, stream: &str, seq: u64, event_id: [u8; 16]) -> u64 {
+        self.push_run(stream, seq, &[event_id])
+    }
+
+    /// Records events of one stream at consecutive seqs from `first_seq` (above every seq
+    /// indexed), with ids `ids`, and returns the first one's version. One lookup of the
+    /// stream and its category for the run.
+    pub(crate) fn push_run(&mut self, stream: &str, first_seq: u64, ids: &[[u8; 16]]) -> u64 {
         let key: Arc<str> = match self.streams.get_key_value(stream) {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(stream),
         };
+        let number = if self.recent_max > 0 { self.intern(&key) } else { 0 };
         let e = self.streams.entry(Arc::clone(&key)).or_default();
-        debug_assert!(e.seqs.last().is_none_or(|&last| last < seq));
-        let version = e.len();
-        e.seqs.push(seq);
+        debug_assert!(e.seqs.last().is_none_or(|&last| last < first_seq));
+        let first_version = e.len();
+        let seqs = first_seq..first_seq + ids.len() as u64;
+        e.seqs.extend(seqs.clone());
         if let Some(cat) = category_of(stream) {
             match self.categories.get_mut(cat) {
-                Some(c) => c.seqs.push(seq),
+                Some(c) => c.seqs.extend(seqs.clone()),
                 None => {
-                    let c = Category { seqs: vec![seq], ..Category::default() };
+                    let c = Category { seqs: seqs.clone().collect(), ..Category::default() };
                     self.categories.insert(Arc::from(cat), c);
                 }
             }
         }
-        self.events += 1;
+        self.events += ids.len() as u64;
         if self.recent_max > 0 {
             self.materialize_recent();
-            if self.recent.len() >= self.recent_max
-                && let Some(old) = self.recent_order.pop_front()
-            {
-                self.recent.remove(&old);
-            }
-            if self.recent.insert(event_id, IdEntry { stream: key, version, seq }).is_none() {
-                self.recent_order.push_back(event_id);
+            for ((id, seq), version) in ids.iter().zip(seqs).zip(first_version..) {
+                if self.recent.len() >= self.recent_max {
+                    self.recent.evict_oldest();
+                }
+                self.recent.insert(id, IdEntry { stream: number, version, seq });
             }
         }
-        version
+        first_version
     }
 
     /// Whether a checkpoint at `covered_seq` would say what the loaded one says: nothing
@@ -548,13 +712,26 @@ impl StreamIndex {
             let slot = *slot_of(key, r.seq)?;
             Some(CheckpointId { stream: slot, ..*r })
         });
-        let recent: Vec<CheckpointId> = pending
-            .chain(self.recent_order.iter().filter_map(|id| {
-                let e = self.recent.get(id)?;
-                let slot = *slot_of(&e.stream, e.seq)?;
-                Some(CheckpointId { event_id: *id, stream: slot, version: e.version, seq: e.seq })
-            }))
-            .collect();
+        let mut recent: Vec<CheckpointId> = pending.collect();
+        recent.reserve(self.recent.len());
+        // Runs of ids of one stream are the rule: its slot is looked up once per run (this
+        // runs under the index lock, which appends wait for).
+        let mut last: Option<(usize, Option<u32>)> = None;
+        for (id, e) in self.recent.iter() {
+            let slot = match last {
+                Some((stream, slot)) if stream == e.stream => slot,
+                _ => {
+                    let name = self.names.get(e.stream);
+                    let slot = name.and_then(|n| slots.get(&**n).copied());
+                    last = Some((e.stream, slot));
+                    slot
+                }
+            };
+            if let Some(slot) = slot.filter(|_| e.seq < covered_seq) {
+                let (version, seq) = (e.version, e.seq);
+                recent.push(CheckpointId { event_id: id, stream: slot, version, seq });
+            }
+        }
         Ok(crate::format::encode_v2(log_id, covered_seq, &streams, &recent))
     }
 
@@ -644,10 +821,17 @@ impl StreamIndex {
                     + v.members.capacity() as u64 * 16
             })
             .sum();
-        let per_id = std::mem::size_of::<([u8; 16], IdEntry)>() as u64 + 8 + 16;
         let pending = self.pending.ids.capacity() * std::mem::size_of::<CheckpointId>()
             + self.pending.keys.capacity() * std::mem::size_of::<Arc<str>>();
-        streams + cats + self.recent.capacity() as u64 * per_id + pending as u64
+        let numbers = self.names.capacity() * 16 + self.numbers.capacity() * 25;
+        streams + cats + self.recent.heap_bytes() + pending as u64 + numbers as u64
+    }
+
+    /// The id window with stream ids, oldest first (numbers differ between indexes).
+    #[cfg(test)]
+    fn recent_view(&self) -> Vec<([u8; 16], Arc<str>, u64, u64)> {
+        let name = |n: usize| Arc::clone(&self.names[n]);
+        self.recent.iter().map(|(id, e)| (id, name(e.stream), e.version, e.seq)).collect()
     }
 
     /// The index restricted to events below `covered_seq`, decoded (every stream read).
@@ -709,8 +893,7 @@ mod tests {
         }
         assert_eq!(back.streams, expected.streams);
         assert_eq!(back.categories, expected.categories);
-        assert_eq!(back.recent, expected.recent);
-        assert_eq!(back.recent_order, expected.recent_order);
+        assert_eq!(back.recent_view(), expected.recent_view());
         assert_eq!(back.events, expected.events);
     }
 
@@ -727,15 +910,58 @@ mod tests {
         let mut again = StreamIndex::from_checkpoint(loaded.to_checkpoint([1; 16], 20), 5);
         again.materialize_recent();
         ix.materialize_recent();
-        assert_eq!(again.recent, ix.recent);
-        assert_eq!(again.recent_order, ix.recent_order);
+        assert_eq!(again.recent_view(), ix.recent_view());
         // A smaller window keeps the newest ids; the first push evicts the oldest of them.
         let mut small = StreamIndex::from_checkpoint(ck, 2);
         small.push("s-0", 20, [20; 16]);
         assert!(small.recent(&[18; 16]).is_none());
         assert_eq!(small.recent(&[19; 16]).map(|e| e.version), Some(6));
         assert_eq!(small.recent(&[20; 16]).map(|e| e.version), Some(7));
-        assert_eq!(small.recent_order, [[19; 16], [20; 16]]);
+        let order: Vec<[u8; 16]> = small.recent.iter().map(|(id, _)| id).collect();
+        assert_eq!(order, [[19; 16], [20; 16]]);
+    }
+
+    #[test]
+    fn the_id_window_agrees_with_a_model_for_random_and_repeated_ids() {
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut ix = StreamIndex::new(50);
+        // The model: a plain list of (id, seq), oldest first; a repeated id keeps its place
+        // and takes the new seq.
+        let mut model: VecDeque<([u8; 16], u64)> = VecDeque::new();
+        let mut given: Vec<[u8; 16]> = Vec::new();
+        for seq in 0..2_000u64 {
+            // Increasing ids (as the store makes), random ones, and repeats of earlier ones.
+            let id = match next() % 3 {
+                0 => (u128::from(seq) << 64).to_le_bytes(),
+                1 => u128::from(next()).to_le_bytes(),
+                _ => given
+                    .get((next() % (given.len() as u64 + 1)) as usize)
+                    .copied()
+                    .unwrap_or([7; 16]),
+            };
+            given.push(id);
+            ix.push("s", seq, id);
+            if model.len() >= 50 {
+                model.pop_front();
+            }
+            match model.iter_mut().find(|(m, _)| *m == id) {
+                Some(slot) => slot.1 = seq,
+                None => model.push_back((id, seq)),
+            }
+            for probe in given.iter().rev().take(60) {
+                let want = model.iter().find(|(m, _)| m == probe).map(|&(_, s)| s);
+                assert_eq!(ix.recent(probe).map(|e| e.seq), want, "seq {seq}");
+            }
+            let order: Vec<[u8; 16]> = ix.recent.iter().map(|(id, _)| id).collect();
+            let want: Vec<[u8; 16]> = model.iter().map(|&(id, _)| id).collect();
+            assert_eq!(order, want, "seq {seq}");
+        }
     }
 
     #[test]

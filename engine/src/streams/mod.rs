@@ -8,6 +8,7 @@
 //! before the batch is encoded: they are race-free without a lock held across the fsync, and
 //! appends to different streams share group commits.
 
+mod ids;
 mod index;
 #[cfg(feature = "serde")]
 mod typed;
@@ -619,9 +620,22 @@ impl Store {
         if events.len() > BATCH_EVENTS_MAX {
             return Err(Error::TooManyEvents { count: events.len(), max: BATCH_EVENTS_MAX });
         }
-        let mut ids = Vec::with_capacity(events.len());
-        let mut bodies = Vec::with_capacity(events.len());
-        for e in events {
+        let mut ids: Vec<[u8; 16]> =
+            events.iter().map(|e| e.event_id.map_or([0; 16], |u| *u.as_bytes())).collect();
+        // Fresh ids for the events without one, the clock read once for all (see `ids`).
+        let unset = events.iter().filter(|e| e.event_id.is_none()).count();
+        if unset == events.len() {
+            ids::fill_v7(&mut ids);
+        } else if unset > 0 {
+            let mut fresh = vec![[0u8; 16]; unset];
+            ids::fill_v7(&mut fresh);
+            let slots = ids.iter_mut().zip(events).filter(|(_, e)| e.event_id.is_none());
+            for ((slot, _), id) in slots.zip(fresh) {
+                *slot = id;
+            }
+        }
+        let mut lens = Vec::with_capacity(events.len());
+        for (e, &id) in events.iter().zip(&ids) {
             if e.event_type.is_empty() || e.event_type.len() > EVENT_TYPE_BYTES_MAX {
                 return Err(Error::InvalidEventType {
                     reason: format!(
@@ -630,25 +644,21 @@ impl Store {
                     ),
                 });
             }
-            let id = *e.event_id.unwrap_or_else(Uuid::now_v7).as_bytes();
-            let body = EventBody {
-                stream_id: stream,
-                event_type: &e.event_type,
-                event_id: id,
-                metadata: &e.metadata,
-                data: &e.data,
-            };
-            let mut buf = Vec::new();
-            if body.encoded_len() > self.log.max_record_bytes() as usize {
+            let len = event_body(stream, e, id).encoded_len();
+            if len > self.log.max_record_bytes() as usize {
                 return Err(Error::RecordTooLarge {
-                    len: body.encoded_len() as u64,
+                    len: len as u64,
                     max: self.log.max_record_bytes().into(),
                 });
             }
-            body.encode_into(&mut buf);
-            ids.push(id);
-            bodies.push(buf);
+            lens.push(len);
         }
+        // The bodies are encoded straight into the batch frame.
+        let batch = self.log.prepare_with(&lens, |i, out| {
+            if let (Some(e), Some(&id)) = (events.get(i), ids.get(i)) {
+                event_body(stream, e, id).encode_into(out);
+            }
+        })?;
         self.shared.ensure_recent()?;
         let outcome: Arc<Mutex<Option<AppendResult>>> = Arc::default();
         let hook = {
@@ -663,7 +673,7 @@ impl Store {
                 Ok(write)
             }
         };
-        let appended = self.log.append_hooked(&bodies, Box::new(hook))?;
+        let appended = self.log.append_prepared_hooked(batch, Box::new(hook))?;
         self.after_append();
         let result = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = result.ok_or(Error::Closed)?;
@@ -871,6 +881,17 @@ fn decode_shared(rec: Record, version: u64) -> Result<RecordedEvent> {
     })
 }
 
+/// The body of `e` as an event of `stream` with id `id`.
+fn event_body<'a>(stream: &'a str, e: &'a NewEvent, id: [u8; 16]) -> EventBody<'a> {
+    EventBody {
+        stream_id: stream,
+        event_type: &e.event_type,
+        event_id: id,
+        metadata: &e.metadata,
+        data: &e.data,
+    }
+}
+
 /// The leader-side decision for one append: idempotent replay, version check, and indexing.
 /// Returns the result and whether the batch must be written.
 fn check_and_index(
@@ -888,8 +909,9 @@ fn check_and_index(
         expected,
         actual: len.checked_sub(1),
     };
-    if let Some(first) = ids.first().and_then(|id| ix.recent(id))
-        && first.stream == *stream
+    let number = ix.stream_number(stream);
+    if let Some(first) = ids.first().and_then(|id| ix.recent(id)).copied()
+        && Some(first.stream) == number
     {
         let position_ok = match expected {
             ExpectedVersion::Exact(v) => v.checked_add(1) == Some(first.version),
@@ -898,7 +920,7 @@ fn check_and_index(
         };
         let all_match = ids.iter().enumerate().all(|(i, id)| {
             ix.recent(id)
-                .is_some_and(|e| e.stream == *stream && e.version == first.version + i as u64)
+                .is_some_and(|e| e.stream == first.stream && e.version == first.version + i as u64)
         });
         if position_ok && all_match {
             let result = AppendResult { first_seq: first.seq, first_version: first.version, count };
@@ -915,9 +937,7 @@ fn check_and_index(
     if !ok {
         return Err(wrong());
     }
-    for (i, id) in ids.iter().enumerate() {
-        ix.push(stream, first_seq + i as u64, *id);
-    }
+    ix.push_run(stream, first_seq, ids);
     Ok((AppendResult { first_seq, first_version: len, count }, true))
 }
 
