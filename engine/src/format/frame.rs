@@ -315,6 +315,12 @@ pub struct PreparedBatch {
 
 impl PreparedBatch {
     /// Encodes `payloads` (non-empty, each within the limits the caller checked).
+    ///
+    /// # Panics
+    ///
+    /// If `payloads` is empty, holds more than `BATCH_RECORDS_MAX` payloads or one over
+    /// `RECORD_BODY_BYTES_MAX`: the log checks these limits (with typed errors) before it
+    /// encodes, and so must any other caller.
     pub fn new<P: AsRef<[u8]>>(payloads: &[P]) -> Self {
         assert!(!payloads.is_empty() && payloads.len() <= BATCH_RECORDS_MAX as usize);
         let total = batch_frame_bytes(payloads.iter().map(|p| p.as_ref().len()));
@@ -344,6 +350,11 @@ impl PreparedBatch {
     /// whose payloads are written straight into the frame: `write(i, out)` appends record
     /// `i`'s payload to `out`, exactly `lens[i]` bytes (asserted). A caller that encodes its
     /// payloads anyway (the store's event bodies) spares itself a buffer and a copy.
+    ///
+    /// # Panics
+    ///
+    /// On the limits [`PreparedBatch::new`] panics on, and if `write` appends another number
+    /// of bytes than `lens[i]`.
     pub fn from_writer(lens: &[usize], mut write: impl FnMut(usize, &mut Vec<u8>)) -> Self {
         assert!(!lens.is_empty() && lens.len() <= BATCH_RECORDS_MAX as usize);
         let total = batch_frame_bytes(lens.iter().copied());
