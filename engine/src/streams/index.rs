@@ -936,9 +936,10 @@ mod tests {
         let mut model: VecDeque<([u8; 16], u64)> = VecDeque::new();
         let mut given: Vec<[u8; 16]> = Vec::new();
         for seq in 0..2_000u64 {
-            // Increasing ids (as the store makes), random ones, and repeats of earlier ones.
+            // Increasing ids (as the store makes; the window orders ids by their bytes, so
+            // big-endian), random ones, and repeats of earlier ones.
             let id = match next() % 3 {
-                0 => (u128::from(seq) << 64).to_le_bytes(),
+                0 => (u128::from(seq) << 64).to_be_bytes(),
                 1 => u128::from(next()).to_le_bytes(),
                 _ => given
                     .get((next() % (given.len() as u64 + 1)) as usize)
