@@ -937,9 +937,9 @@ mod tests {
         let mut given: Vec<[u8; 16]> = Vec::new();
         for seq in 0..2_000u64 {
             // Increasing ids (as the store makes; the window orders ids by their bytes, so
-            // big-endian), random ones, and repeats of earlier ones.
+            // as a UUID's number), random ones, and repeats of earlier ones.
             let id = match next() % 3 {
-                0 => (u128::from(seq) << 64).to_be_bytes(),
+                0 => uuid::Uuid::from_u128(u128::from(seq) << 64).into_bytes(),
                 1 => u128::from(next()).to_le_bytes(),
                 _ => given
                     .get((next() % (given.len() as u64 + 1)) as usize)
