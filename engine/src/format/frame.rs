@@ -322,28 +322,12 @@ impl PreparedBatch {
     /// `RECORD_BODY_BYTES_MAX`: the log checks these limits (with typed errors) before it
     /// encodes, and so must any other caller.
     pub fn new<P: AsRef<[u8]>>(payloads: &[P]) -> Self {
-        assert!(!payloads.is_empty() && payloads.len() <= BATCH_RECORDS_MAX as usize);
-        let total = batch_frame_bytes(payloads.iter().map(|p| p.as_ref().len()));
-        let mut buf = Vec::with_capacity(total as usize);
-        buf.resize(FRAME_HEADER_BYTES, 0);
-        let mut payload_crcs = Vec::with_capacity(payloads.len());
-        for p in payloads {
-            let p = p.as_ref();
-            assert!(
-                p.len() <= RECORD_BODY_BYTES_MAX as usize,
-                "payload over RECORD_BODY_BYTES_MAX"
-            );
-            let len = p.len() as u32;
-            let mut h = [0u8; RECORD_HEADER_BYTES];
-            LE::write_u32(&mut h[REC_OFF_LEN..REC_OFF_SEQ], len);
-            buf.extend_from_slice(&h);
-            buf.extend_from_slice(p);
-            let mut h = crc32fast::Hasher::new();
-            h.update(p);
-            payload_crcs.push((len, h));
-        }
-        buf.resize(total as usize, 0);
-        PreparedBatch { buf, payload_crcs }
+        let lens: Vec<usize> = payloads.iter().map(|p| p.as_ref().len()).collect();
+        Self::from_writer(&lens, |i, out| {
+            if let Some(p) = payloads.get(i) {
+                out.extend_from_slice(p.as_ref());
+            }
+        })
     }
 
     /// Encodes `lens.len()` records (non-empty, each within the limits the caller checked)
@@ -451,11 +435,12 @@ mod tests {
             log_tag: 0x1234,
             timestamp_us: 9,
         };
-        let mut copied = PreparedBatch::new(&payloads);
+        let mut direct = Vec::new();
+        encode_batch(&mut direct, at, &payloads);
         let mut written =
             PreparedBatch::from_writer(&lens, |i, out| out.extend_from_slice(payloads[i]));
-        assert_eq!(written.count(), copied.count());
-        assert_eq!(written.finalize(at), copied.finalize(at));
+        assert_eq!(written.count(), 4);
+        assert_eq!(written.finalize(at), &direct[..]);
     }
 
     #[test]

@@ -620,20 +620,14 @@ impl Store {
         if events.len() > BATCH_EVENTS_MAX {
             return Err(Error::TooManyEvents { count: events.len(), max: BATCH_EVENTS_MAX });
         }
-        let mut ids: Vec<[u8; 16]> =
-            events.iter().map(|e| e.event_id.map_or([0; 16], |u| *u.as_bytes())).collect();
         // Fresh ids for the events without one, the clock read once for all (see `ids`).
-        let unset = events.iter().filter(|e| e.event_id.is_none()).count();
-        if unset == events.len() {
-            ids::fill_v7(&mut ids);
-        } else if unset > 0 {
-            let mut fresh = vec![[0u8; 16]; unset];
-            ids::fill_v7(&mut fresh);
-            let slots = ids.iter_mut().zip(events).filter(|(_, e)| e.event_id.is_none());
-            for ((slot, _), id) in slots.zip(fresh) {
-                *slot = id;
-            }
-        }
+        let mut fresh = vec![[0u8; 16]; events.iter().filter(|e| e.event_id.is_none()).count()];
+        ids::fill_v7(&mut fresh);
+        let mut fresh = fresh.into_iter();
+        let ids: Vec<[u8; 16]> = events
+            .iter()
+            .map(|e| e.event_id.map(|u| *u.as_bytes()).or_else(|| fresh.next()).unwrap_or_default())
+            .collect();
         let mut lens = Vec::with_capacity(events.len());
         for (e, &id) in events.iter().zip(&ids) {
             if e.event_type.is_empty() || e.event_type.len() > EVENT_TYPE_BYTES_MAX {
